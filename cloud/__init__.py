@@ -1,0 +1,1 @@
+"""The cloud service: ingest, store, registry, commands, API."""

@@ -1,0 +1,1 @@
+"""One driver per device kind, over shared transports."""

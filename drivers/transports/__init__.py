@@ -1,0 +1,1 @@
+"""Shared transports: Modbus (TCP, RTU), MQTT, BLE."""

@@ -1,0 +1,1 @@
+"""The gateway runtime: drivers in, buffer, uplink out, commands down."""

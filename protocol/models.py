@@ -1,0 +1,186 @@
+"""Versioned wire messages. Every message carries ``v``; a receiver rejects versions it does not know.
+
+Times are timezone-aware UTC datetimes, serialised as ISO 8601.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from protocol.topics import check_segment
+
+PROTOCOL_VERSION = 1
+
+# Hard limits a receiver enforces before trusting anything else in a message.
+MAX_BATCH_EVENTS = 5000
+MAX_EVENT_TYPE_LEN = 64
+
+Ident = Annotated[str, AfterValidator(lambda v: check_segment(v, "id"))]
+EventType = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*\.[a-z][a-z0-9_.]*$", max_length=MAX_EVENT_TYPE_LEN)]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _aware(value: datetime) -> datetime:
+    if value.tzinfo is None:
+        raise ValueError("timestamp must carry a time zone (use UTC, e.g. 2026-01-01T00:00:00Z)")
+    return value.astimezone(UTC)
+
+
+AwareDatetime = Annotated[datetime, AfterValidator(_aware)]
+
+
+class WireModel(BaseModel):
+    """Base of every message: strict about unknown fields so typos and forgeries fail loudly."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def to_bytes(self) -> bytes:
+        return self.model_dump_json().encode()
+
+    @classmethod
+    def from_bytes(cls, payload: bytes | str) -> WireModel:
+        return cls.model_validate_json(payload)
+
+
+class Severity(StrEnum):
+    """How much an event matters; the edge buffer evicts ``telemetry`` first and never ``safety``."""
+
+    SAFETY = "safety"
+    ACCESS = "access"
+    STATE = "state"
+    TELEMETRY = "telemetry"
+
+
+_SAFETY_TYPES = {"door.forced_open", "door.held_open", "gate.obstructed"}
+_TELEMETRY_PREFIXES = ("meter.reading", "sensor.reading", "gateway.health")
+
+
+def event_severity(event_type: str) -> Severity:
+    """Classify an event type; the table is the single place eviction and rules look this up."""
+    if event_type.startswith("fire.") or event_type in _SAFETY_TYPES:
+        return Severity.SAFETY
+    if event_type.startswith(("access.", "gate.", "door.", "intercom.", "command.")):
+        return Severity.ACCESS
+    if event_type.startswith(_TELEMETRY_PREFIXES):
+        return Severity.TELEMETRY
+    return Severity.STATE
+
+
+class Location(WireModel):
+    building: str | None = None
+    unit: str | None = None
+    apartment: str | None = None
+    lane: str | None = None
+    area: str | None = None
+
+
+class Event(WireModel):
+    """Something a device did, stamped by the gateway that saw it."""
+
+    id: str = Field(min_length=26, max_length=26, description="ULID, globally unique, time-ordered")
+    seq: int = Field(ge=0, description="The gateway's monotonic sequence number")
+    device_id: Ident
+    type: EventType
+    ts: AwareDatetime = Field(description="When the device says it happened")
+    received_at: AwareDatetime = Field(description="When the gateway received it")
+    location: Location | None = None
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+class EventBatch(WireModel):
+    v: Literal[1] = PROTOCOL_VERSION
+    batch_id: str = Field(min_length=1, max_length=64)
+    site_id: Ident
+    gateway_id: Ident
+    sent_at: AwareDatetime
+    events: list[Event] = Field(min_length=1, max_length=MAX_BATCH_EVENTS)
+
+
+class BatchAck(WireModel):
+    """Sent by the cloud only after the batch is committed to its store."""
+
+    v: Literal[1] = PROTOCOL_VERSION
+    batch_id: str
+    stored: int = Field(ge=0, description="Events newly stored")
+    duplicates: int = Field(ge=0, description="Events the store already had (redelivery)")
+    rejected: int = 0
+    error: str | None = None
+
+
+class Command(WireModel):
+    """An operator's request for a device, carried down to one gateway. Never published retained."""
+
+    v: Literal[1] = PROTOCOL_VERSION
+    id: str = Field(min_length=1, max_length=64)
+    site_id: Ident
+    gateway_id: Ident
+    device_id: Ident
+    action: str = Field(pattern=r"^[a-z][a-z0-9_]*$", max_length=32)
+    args: dict[str, Any] = Field(default_factory=dict)
+    issued_at: AwareDatetime
+    expires_at: AwareDatetime
+    issued_by: str = Field(default="", max_length=128)
+    signature: str | None = Field(default=None, description="Ed25519 over signing_bytes(), base64")
+
+    def signing_bytes(self) -> bytes:
+        """The canonical bytes a signature covers: everything but the signature itself."""
+        return self.model_copy(update={"signature": None}).model_dump_json(exclude={"signature"}).encode()
+
+    def is_expired(self, now: datetime | None = None) -> bool:
+        return (now or utcnow()) >= self.expires_at
+
+
+class CommandStatus(StrEnum):
+    PENDING = "pending"
+    SENT = "sent"
+    ACCEPTED = "accepted"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    EXPIRED = "expired"
+    REJECTED = "rejected"
+
+    @property
+    def final(self) -> bool:
+        return self in _FINAL
+
+
+_FINAL = {CommandStatus.SUCCEEDED, CommandStatus.FAILED, CommandStatus.EXPIRED, CommandStatus.REJECTED}
+
+
+class CommandResult(WireModel):
+    v: Literal[1] = PROTOCOL_VERSION
+    command_id: str = Field(min_length=1, max_length=64)
+    gateway_id: Ident
+    device_id: Ident
+    status: CommandStatus
+    reason: str | None = Field(default=None, max_length=500)
+    at: AwareDatetime
+    state: dict[str, Any] = Field(default_factory=dict, description="Device state after the action")
+
+
+class DeviceInfo(WireModel):
+    id: Ident
+    kind: str
+    model: str
+    location: Location | None = None
+
+
+class GatewayStatus(WireModel):
+    """Retained on the status topic; the Last Will publishes ``online=false``."""
+
+    v: Literal[1] = PROTOCOL_VERSION
+    site_id: Ident
+    gateway_id: Ident
+    online: bool
+    at: AwareDatetime
+    site_name: str | None = None
+    software: str | None = None
+    devices: list[DeviceInfo] = Field(default_factory=list)
+    health: dict[str, Any] = Field(default_factory=dict)

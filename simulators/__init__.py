@@ -1,0 +1,1 @@
+"""Faithful device simulators speaking the real protocols on real ports."""

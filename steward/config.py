@@ -1,0 +1,271 @@
+"""Site configuration: one YAML file per estate, validated whole at start-up.
+
+A bad file raises :class:`ConfigError` whose message names the file, the path inside it
+(``devices[3].transport.unit``) and what is wrong, so an installer never reads a traceback.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlparse
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from protocol.models import Location
+from protocol.topics import check_segment
+
+Ident = Annotated[str, AfterValidator(lambda v: check_segment(v, "id"))]
+DeviceKind = Literal["barrier_gate", "door_access", "smart_meter", "fire_panel", "video_intercom", "ble_sensor"]
+
+
+class ConfigError(Exception):
+    """A site configuration that cannot be used; ``str()`` is the message for the installer."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TlsConfig(_Strict):
+    ca_file: Path | None = Field(default=None, description="CA that signed the broker's certificate")
+    cert_file: Path | None = Field(default=None, description="Client certificate, if the broker wants one")
+    key_file: Path | None = None
+    verify: bool = Field(default=True, description="Verify the broker's certificate and host name")
+
+    @model_validator(mode="after")
+    def _pair(self) -> TlsConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
+        return self
+
+
+class UplinkConfig(_Strict):
+    broker_url: str = Field(default="mqtt://127.0.0.1:1883", description="mqtt:// or mqtts://")
+    username: str | None = None
+    password: SecretStr | None = None
+    tls: TlsConfig | None = None
+    topic_prefix: str = Field(default="steward", pattern=r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$")
+    keepalive_s: int = Field(default=30, ge=5, le=600)
+    command_public_key: str | None = Field(
+        default=None, description="The cloud's Ed25519 public key (base64) that signs commands"
+    )
+
+    @field_validator("broker_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        url = urlparse(value)
+        if url.scheme not in ("mqtt", "mqtts") or not url.hostname:
+            raise ValueError("broker_url must look like mqtt://host:1883 or mqtts://host:8883")
+        return value
+
+    @property
+    def host(self) -> str:
+        return urlparse(self.broker_url).hostname or "127.0.0.1"
+
+    @property
+    def port(self) -> int:
+        url = urlparse(self.broker_url)
+        return url.port or (8883 if url.scheme == "mqtts" else 1883)
+
+    @property
+    def use_tls(self) -> bool:
+        return urlparse(self.broker_url).scheme == "mqtts" or self.tls is not None
+
+
+class BufferConfig(_Strict):
+    path: Path = Path("var/edge-buffer.db")
+    max_bytes: int = Field(default=512 * 1024 * 1024, ge=64 * 1024)
+    max_age_days: float = Field(default=30, gt=0)
+    batch_size: int = Field(default=500, ge=1, le=5000)
+    linger_ms: int = Field(default=50, ge=0, le=10_000)
+    resend_timeout_s: float = Field(default=10, gt=0)
+    synchronous: Literal["NORMAL", "FULL"] = Field(
+        default="NORMAL",
+        description="NORMAL survives a killed process; FULL also survives power loss (slower)",
+    )
+
+
+class ModbusTcpTransport(_Strict):
+    type: Literal["modbus_tcp"]
+    host: str
+    port: int = Field(default=502, ge=1, le=65535)
+    unit: int = Field(default=1, ge=0, le=247)
+    timeout_s: float = Field(default=1.0, gt=0, le=30)
+    retries: int = Field(default=2, ge=0, le=10)
+
+    @property
+    def bus(self) -> str:
+        return f"tcp://{self.host}:{self.port}"
+
+
+class ModbusRtuTransport(_Strict):
+    type: Literal["modbus_rtu"]
+    port: str = Field(description="Serial device, e.g. /dev/ttyUSB0")
+    baudrate: int = Field(default=9600, ge=300, le=921600)
+    parity: Literal["N", "E", "O"] = "N"
+    stopbits: Literal[1, 2] = 1
+    bytesize: Literal[7, 8] = 8
+    unit: int = Field(default=1, ge=1, le=247)
+    timeout_s: float = Field(default=1.0, gt=0, le=30)
+    retries: int = Field(default=2, ge=0, le=10)
+
+    @property
+    def bus(self) -> str:
+        return f"rtu://{self.port}"
+
+
+class MqttTransport(_Strict):
+    type: Literal["mqtt"]
+    topic_base: str = Field(pattern=r"^[^#+]+$", description="Device topics live under this")
+
+    @property
+    def bus(self) -> str:
+        return "mqtt"
+
+
+class BleTransport(_Strict):
+    type: Literal["ble"]
+    address: str = Field(pattern=r"^([0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2}$")
+    bindkey: SecretStr | None = None
+
+    @property
+    def bus(self) -> str:
+        return "ble"
+
+
+Transport = Annotated[
+    ModbusTcpTransport | ModbusRtuTransport | MqttTransport | BleTransport, Field(discriminator="type")
+]
+
+OptionValue = str | int | float | bool | list[Any] | dict[str, Any]
+
+
+class DeviceConfig(_Strict):
+    id: Ident
+    kind: DeviceKind
+    model: str = Field(default="generic", min_length=1, max_length=64)
+    name: str | None = None
+    transport: Transport
+    poll_interval_s: float = Field(default=1.0, ge=0.05, le=3600)
+    location: Location = Field(default_factory=Location)
+    options: dict[str, OptionValue] = Field(
+        default_factory=dict, description="Kind-specific settings; the driver validates them"
+    )
+
+    @property
+    def address_key(self) -> tuple[str, str]:
+        """What must be unique on a bus: (bus, address)."""
+        t = self.transport
+        if isinstance(t, ModbusTcpTransport | ModbusRtuTransport):
+            return t.bus, f"unit {t.unit}"
+        if isinstance(t, MqttTransport):
+            return t.bus, f"topic {t.topic_base}"
+        return t.bus, f"address {t.address.upper()}"
+
+
+class SiteConfig(_Strict):
+    site_id: Ident
+    site_name: str = Field(min_length=1)
+    timezone: str = "Asia/Shanghai"
+    gateway_id: Ident
+    uplink: UplinkConfig = Field(default_factory=UplinkConfig)
+    device_broker_url: str | None = Field(
+        default=None, description="On-site broker for MQTT devices; defaults to the uplink broker"
+    )
+    buffer: BufferConfig = Field(default_factory=BufferConfig)
+    devices: list[DeviceConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique(self) -> SiteConfig:
+        ids = Counter(d.id for d in self.devices)
+        dup = sorted(i for i, n in ids.items() if n > 1)
+        if dup:
+            raise ValueError(f"duplicate device id {', '.join(map(repr, dup))}")
+        seen: dict[tuple[str, str], str] = {}
+        for d in self.devices:
+            key = d.address_key
+            if key in seen:
+                raise ValueError(
+                    f"devices {seen[key]!r} and {d.id!r} share {key[1]} on bus {key[0]}; "
+                    "each device needs its own address"
+                )
+            seen[key] = d.id
+        return self
+
+    def device(self, device_id: str) -> DeviceConfig:
+        for d in self.devices:
+            if d.id == device_id:
+                return d
+        raise KeyError(device_id)
+
+
+def _loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("modbus_tcp", "modbus_rtu", "mqtt", "ble", "function-after[_unique()]"):
+            continue  # pydantic's union tag, not a key the user wrote
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(top level)"
+
+
+def format_validation_error(source: str, exc: ValidationError) -> str:
+    lines = [f"{source}: {exc.error_count()} problem(s)"]
+    for err in exc.errors(include_url=False):
+        where = _loc(tuple(err["loc"]))
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (not a Steward setting; check the spelling)"
+        elif err["type"] == "missing":
+            msg = "required key is missing"
+        elif msg.startswith("Value error, "):
+            msg = msg.removeprefix("Value error, ")
+        lines.append(f"  {where}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_site_config(data: Any, source: str = "<config>") -> SiteConfig:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping of settings at the top level, got {type(data).__name__}")
+    try:
+        site = SiteConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(source, exc)) from None
+    from drivers.registry import validate_device_options  # drivers own their option schemas
+
+    problems = validate_device_options(site)
+    if problems:
+        raise ConfigError("\n".join([f"{source}: {len(problems)} problem(s)", *(f"  {p}" for p in problems)]))
+    return site
+
+
+def load_site_config(path: str | Path) -> SiteConfig:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read it ({exc.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
+    return parse_site_config(data, str(path))
