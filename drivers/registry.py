@@ -13,24 +13,36 @@ if TYPE_CHECKING:
     from drivers.hub import TransportHub
     from steward.config import DeviceConfig, SiteConfig
 
-# Module paths, imported lazily so a gateway without BLE never imports bleak.
-_DRIVERS: dict[str, str] = {
-    "barrier_gate": "drivers.barrier_gate:BarrierGateDriver",
+# (kind, transport family) -> module path, imported lazily so a gateway without BLE never imports bleak.
+_DRIVERS: dict[tuple[str, str], str] = {
+    ("barrier_gate", "modbus"): "drivers.barrier_gate:BarrierGateDriver",
+    ("door_access", "modbus"): "drivers.door_access_modbus:ModbusDoorDriver",
+    ("door_access", "mqtt"): "drivers.door_access:MqttDoorDriver",
+    ("smart_meter", "modbus"): "drivers.smart_meter:SmartMeterDriver",
+    ("fire_panel", "modbus"): "drivers.fire_panel:FirePanelDriver",
+    ("video_intercom", "mqtt"): "drivers.video_intercom:IntercomDriver",
+    ("ble_sensor", "ble"): "drivers.ble_sensor:BleSensorDriver",
 }
 
 
-def driver_class(kind: str) -> type[Driver]:
+def transport_family(transport_type: str) -> str:
+    return "modbus" if transport_type.startswith("modbus") else transport_type
+
+
+def driver_class(kind: str, transport_type: str = "modbus_tcp") -> type[Driver]:
+    family = transport_family(transport_type)
     try:
-        path = _DRIVERS[kind]
+        path = _DRIVERS[(kind, family)]
     except KeyError:
-        raise LookupError(f"no driver for device kind {kind!r}; known: {', '.join(sorted(_DRIVERS))}") from None
+        known = ", ".join(f"{k} over {f}" for k, f in sorted(_DRIVERS))
+        raise LookupError(f"no driver for {kind!r} over {family}; known: {known}") from None
     module, _, name = path.partition(":")
     cls: type[Driver] = getattr(importlib.import_module(module), name)
     return cls
 
 
 def create_driver(config: DeviceConfig, hub: TransportHub, emit: Emit) -> Driver:
-    return driver_class(config.kind)(config, hub, emit)
+    return driver_class(config.kind, config.transport.type)(config, hub, emit)
 
 
 def validate_device_options(site: SiteConfig) -> list[str]:
@@ -38,7 +50,7 @@ def validate_device_options(site: SiteConfig) -> list[str]:
     problems: list[str] = []
     for i, dev in enumerate(site.devices):
         try:
-            cls = driver_class(dev.kind)
+            cls = driver_class(dev.kind, dev.transport.type)
         except LookupError as exc:
             problems.append(f"devices[{i}].kind: {exc}")
             continue
