@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Any, ClassVar, Self
 
 
-class Simulator:
+class Simulator(ABC):
     """Start with ``async with sim:`` (or start()/stop()); script it through its own methods."""
 
     kind: ClassVar[str]
 
+    @abstractmethod
     async def start(self) -> None:
-        raise NotImplementedError  # abstract: every simulator binds its own port
+        """Bind the device's port and start its behaviour."""
 
     async def stop(self) -> None:
         """Release the port and stop background behaviour; safe to call twice."""
