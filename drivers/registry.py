@@ -37,7 +37,10 @@ def driver_class(kind: str, transport_type: str = "modbus_tcp") -> type[Driver]:
         known = ", ".join(f"{k} over {f}" for k, f in sorted(_DRIVERS))
         raise LookupError(f"no driver for {kind!r} over {family}; known: {known}") from None
     module, _, name = path.partition(":")
-    cls: type[Driver] = getattr(importlib.import_module(module), name)
+    try:
+        cls: type[Driver] = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as exc:
+        raise LookupError(f"the driver for {kind!r} over {family} cannot be loaded: {exc}") from exc
     return cls
 
 

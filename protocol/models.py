@@ -20,7 +20,9 @@ MAX_BATCH_EVENTS = 5000
 MAX_EVENT_TYPE_LEN = 64
 
 Ident = Annotated[str, AfterValidator(lambda v: check_segment(v, "id"))]
-EventType = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*\.[a-z][a-z0-9_.]*$", max_length=MAX_EVENT_TYPE_LEN)]
+EventType = Annotated[
+    str, Field(pattern=r"^[a-z][a-z0-9_]*\.[a-z][a-z0-9_.]*$", max_length=MAX_EVENT_TYPE_LEN)
+]
 
 
 def utcnow() -> datetime:

@@ -27,7 +27,9 @@ from protocol.models import Location
 from protocol.topics import check_segment
 
 Ident = Annotated[str, AfterValidator(lambda v: check_segment(v, "id"))]
-DeviceKind = Literal["barrier_gate", "door_access", "smart_meter", "fire_panel", "video_intercom", "ble_sensor"]
+DeviceKind = Literal[
+    "barrier_gate", "door_access", "smart_meter", "fire_panel", "video_intercom", "ble_sensor"
+]
 
 
 class ConfigError(Exception):
@@ -240,7 +242,9 @@ def format_validation_error(source: str, exc: ValidationError) -> str:
 
 def parse_site_config(data: Any, source: str = "<config>") -> SiteConfig:
     if not isinstance(data, dict):
-        raise ConfigError(f"{source}: expected a mapping of settings at the top level, got {type(data).__name__}")
+        raise ConfigError(
+            f"{source}: expected a mapping of settings at the top level, got {type(data).__name__}"
+        )
     try:
         site = SiteConfig.model_validate(data)
     except ValidationError as exc:

@@ -28,6 +28,8 @@ def configure_logging(level: str = "INFO", json: bool | None = None) -> None:
         cache_logger_on_first_use=False,
     )
     # Third-party libraries log through stdlib; keep them quiet unless something is wrong.
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
+    )
     for noisy in ("amqtt", "pymodbus", "transitions", "uvicorn.access"):
         logging.getLogger(noisy).setLevel(logging.ERROR)

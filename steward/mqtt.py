@@ -150,7 +150,11 @@ class MqttClient:
     async def __aexit__(self, *exc: object) -> None:
         await self.disconnect()
 
-    async def connect(self, timeout: float = 10.0) -> None:
+    def start(self) -> None:
+        """Begin connecting in the background and keep reconnecting; do not wait for the broker.
+
+        The gateway uses this: it must run its building with the uplink down.
+        """
         self._loop = asyncio.get_running_loop()
         self._closing = False
         self._connect_rc = None
@@ -159,6 +163,10 @@ class MqttClient:
         except (OSError, ValueError) as exc:
             raise MqttConnectError(f"cannot reach MQTT broker {self.host}:{self.port}: {exc}") from exc
         self._client.loop_start()
+
+    async def connect(self, timeout: float = 10.0) -> None:
+        """Connect and wait until the broker has accepted us (MqttConnectError otherwise)."""
+        self.start()
         try:
             await asyncio.wait_for(self._connected.wait(), timeout)
         except TimeoutError:
@@ -198,7 +206,7 @@ class MqttClient:
         # on_publish before we have stored the future.
         with self._lock:
             info = self._client.publish(topic, payload, qos=qos, retain=retain)
-            if info.rc != paho.MQTT_ERR_SUCCESS and info.rc != paho.MQTT_ERR_NO_CONN:
+            if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
                 raise MqttPublishError(f"publish to {topic} failed: {paho.error_string(info.rc)}")
             if qos == 0:
                 return
@@ -269,7 +277,9 @@ class MqttClient:
         self._connected.set()
         self._disconnected.clear()
 
-    def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, rc: Any, props: Any = None) -> None:
+    def _on_disconnect(
+        self, client: paho.Client, userdata: Any, flags: Any, rc: Any, props: Any = None
+    ) -> None:
         self._call(self._set_disconnected, str(rc))
 
     def _set_disconnected(self, reason: str) -> None:
@@ -278,7 +288,9 @@ class MqttClient:
         self._disconnected.set()
         if was and not self._closing:
             self.reconnects += 1
-            log.warning("mqtt.disconnected", broker=f"{self.host}:{self.port}", client=self.client_id, reason=reason)
+            log.warning(
+                "mqtt.disconnected", broker=f"{self.host}:{self.port}", client=self.client_id, reason=reason
+            )
         # In-flight QoS 1 publishes may never be acknowledged now; callers resend from their own store.
         self._fail_pending(MqttPublishError(f"connection lost: {reason}"))
 
@@ -287,10 +299,14 @@ class MqttClient:
             if not fut.done():
                 fut.set_exception(exc)
 
-    def _on_publish(self, client: paho.Client, userdata: Any, mid: int, rc: Any = None, props: Any = None) -> None:
+    def _on_publish(
+        self, client: paho.Client, userdata: Any, mid: int, rc: Any = None, props: Any = None
+    ) -> None:
         self._call(self._resolve, self._state.pending, mid)
 
-    def _on_subscribe(self, client: paho.Client, userdata: Any, mid: int, rcs: Any, props: Any = None) -> None:
+    def _on_subscribe(
+        self, client: paho.Client, userdata: Any, mid: int, rcs: Any, props: Any = None
+    ) -> None:
         self._call(self._resolve, self._state.subacks, mid)
 
     def _resolve(self, table: dict[int, asyncio.Future[None]], mid: int) -> None:

@@ -1,0 +1,78 @@
+"""Stored events, newest first, with cursor paging; ordered by the device's sequence when one is given."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+from sqlalchemy import and_, or_, select
+
+from cloud.api.deps import SessionDep
+from cloud.errors import CloudError
+from cloud.schemas import ErrorOut, EventOut, EventPage
+from cloud.tables import EventRow
+
+router = APIRouter(tags=["events"])
+
+
+class BadCursor(CloudError):
+    status = 400
+    code = "bad_cursor"
+
+
+def _encode(*parts: object) -> str:
+    return base64.urlsafe_b64encode("|".join(map(str, parts)).encode()).decode().rstrip("=")
+
+
+def _decode(cursor: str) -> list[str]:
+    try:
+        return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode().split("|")
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise BadCursor("cursor is not one this API returned") from None
+
+
+@router.get("/events", response_model=EventPage, responses={400: {"model": ErrorOut}})
+async def list_events(
+    *,
+    session: SessionDep,
+    device_id: str | None = None,
+    type: Annotated[str | None, Query(max_length=64)] = None,
+    site_id: str | None = None,
+    gateway_id: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    cursor: str | None = None,
+) -> EventPage:
+    query = select(EventRow)
+    if device_id:
+        query = query.where(EventRow.device_id == device_id)
+    if type:
+        query = query.where(EventRow.type == type)
+    if site_id:
+        query = query.where(EventRow.site_id == site_id)
+    if gateway_id:
+        query = query.where(EventRow.gateway_id == gateway_id)
+    if device_id:
+        query = query.order_by(EventRow.seq.desc(), EventRow.id.desc())
+        if cursor:
+            parts = _decode(cursor)
+            if len(parts) != 3 or parts[0] != "s" or not parts[1].isdigit():
+                raise BadCursor("cursor does not belong to a per-device listing")
+            seq, last = int(parts[1]), parts[2]
+            query = query.where(or_(EventRow.seq < seq, and_(EventRow.seq == seq, EventRow.id < last)))
+    else:
+        query = query.order_by(EventRow.id.desc())
+        if cursor:
+            parts = _decode(cursor)
+            if len(parts) != 2 or parts[0] != "i":
+                raise BadCursor("cursor does not belong to this listing")
+            query = query.where(EventRow.id < parts[1])
+    rows = list((await session.execute(query.limit(limit + 1))).scalars())
+    more = len(rows) > limit
+    rows = rows[:limit]
+    next_cursor = None
+    if more and rows:
+        last = rows[-1]
+        next_cursor = _encode("s", last.seq, last.id) if device_id else _encode("i", last.id)
+    return EventPage(items=[EventOut.model_validate(r) for r in rows], next_cursor=next_cursor)

@@ -1,0 +1,121 @@
+"""Sites, gateways, devices (with live state) and device readings history."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+from sqlalchemy import func, select
+
+from cloud.api.deps import SessionDep
+from cloud.errors import CloudError, NotFound
+from cloud.schemas import Bucket, DeviceOut, ErrorOut, GatewayOut, ReadingSeries, ReadingsOut, SiteOut
+from cloud.tables import Device, Gateway, Reading, Site
+
+router = APIRouter(tags=["registry"])
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+class BadQuery(CloudError):
+    status = 400
+    code = "bad_query"
+
+
+def parse_bucket(text: str) -> int:
+    match = re.fullmatch(r"(\d+)([smhd])", text.strip())
+    if not match or int(match[1]) == 0:
+        raise BadQuery(f"bucket {text!r} must look like 30s, 15m, 1h or 1d")
+    return int(match[1]) * _UNITS[match[2]]
+
+
+@router.get("/sites", response_model=list[SiteOut])
+async def list_sites(session: SessionDep) -> list[SiteOut]:
+    rows = await session.execute(select(Site).order_by(Site.id))
+    return [SiteOut.model_validate(r) for r in rows.scalars()]
+
+
+@router.get("/gateways", response_model=list[GatewayOut])
+async def list_gateways(session: SessionDep, site_id: str | None = None) -> list[GatewayOut]:
+    query = select(Gateway).order_by(Gateway.site_id, Gateway.id)
+    if site_id:
+        query = query.where(Gateway.site_id == site_id)
+    return [GatewayOut.model_validate(r) for r in (await session.execute(query)).scalars()]
+
+
+@router.get("/devices", response_model=list[DeviceOut])
+async def list_devices(
+    session: SessionDep, site_id: str | None = None, gateway_id: str | None = None, kind: str | None = None
+) -> list[DeviceOut]:
+    query = select(Device).order_by(Device.site_id, Device.id)
+    if site_id:
+        query = query.where(Device.site_id == site_id)
+    if gateway_id:
+        query = query.where(Device.gateway_id == gateway_id)
+    if kind:
+        query = query.where(Device.kind == kind)
+    return [DeviceOut.model_validate(r) for r in (await session.execute(query)).scalars()]
+
+
+@router.get("/devices/{device_id}", response_model=DeviceOut, responses={404: {"model": ErrorOut}})
+async def get_device(device_id: str, session: SessionDep) -> DeviceOut:
+    row = await session.get(Device, device_id)
+    if row is None:
+        raise NotFound(f"no device {device_id!r}")
+    return DeviceOut.model_validate(row)
+
+
+@router.get(
+    "/devices/{device_id}/readings",
+    response_model=ReadingsOut,
+    responses={404: {"model": ErrorOut}, 400: {"model": ErrorOut}},
+)
+async def get_readings(
+    *,
+    device_id: str,
+    session: SessionDep,
+    from_: Annotated[datetime | None, Query(alias="from")] = None,
+    to: datetime | None = None,
+    bucket: Annotated[str, Query(description="30s, 15m, 1h, 1d")] = "1h",
+    point: str | None = None,
+) -> ReadingsOut:
+    """Numeric history of a device's points (from meter/sensor readings), aggregated per time bucket."""
+    if await session.get(Device, device_id) is None:
+        raise NotFound(f"no device {device_id!r}")
+    size_ms = parse_bucket(bucket) * 1000
+    for name, value in (("from", from_), ("to", to)):
+        if value is not None and value.tzinfo is None:
+            raise BadQuery(f"{name} must carry a time zone, e.g. 2026-01-01T00:00:00Z")
+    start = (Reading.ts_ms - Reading.ts_ms % size_ms).label("start")
+    query = select(
+        Reading.point,
+        start,
+        func.count().label("n"),
+        func.min(Reading.value),
+        func.max(Reading.value),
+        func.avg(Reading.value),
+    ).where(Reading.device_id == device_id)
+    if from_ is not None:
+        query = query.where(Reading.ts_ms >= int(from_.timestamp() * 1000))
+    if to is not None:
+        query = query.where(Reading.ts_ms < int(to.timestamp() * 1000))
+    if point:
+        query = query.where(Reading.point == point)
+    query = query.group_by(Reading.point, start).order_by(Reading.point, start)
+    series: dict[str, list[Bucket]] = {}
+    for name, bucket_ms, n, lo, hi, avg in (await session.execute(query)).all():
+        series.setdefault(name, []).append(
+            Bucket(
+                start=datetime.fromtimestamp(int(bucket_ms) / 1000, tz=UTC),
+                count=n,
+                min=lo,
+                max=hi,
+                avg=float(avg),
+            )
+        )
+    return ReadingsOut(
+        device_id=device_id,
+        bucket_s=size_ms // 1000,
+        series=[ReadingSeries(point=p, buckets=b) for p, b in series.items()],
+    )

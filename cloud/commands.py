@@ -1,0 +1,168 @@
+"""Operator commands: validate against the device kind's action table, store, publish to the device's
+gateway, track the result; a sweeper expires what did not finish in time.
+
+Status only moves forward: pending -> sent -> accepted -> succeeded | failed | rejected | expired.
+Every transition appends a row to ``command_audit``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import timedelta
+
+import structlog
+from sqlalchemy import func, select
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from cloud import store
+from cloud.errors import ActionNotAllowed, BrokerUnavailable, NotFound
+from cloud.hub import Hub
+from cloud.metrics import Metrics
+from cloud.schemas import CommandRequest, command_json
+from cloud.settings import CloudSettings
+from cloud.tables import CommandAudit, CommandRow, Device, Gateway
+from protocol import actions
+from protocol.ids import new_id
+from protocol.models import Command, CommandStatus, utcnow
+from protocol.topics import Topics
+from steward.mqtt import MqttClient, MqttError
+
+log = structlog.get_logger("steward.cloud.commands")
+
+
+class CommandService:
+    def __init__(
+        self,
+        settings: CloudSettings,
+        sessions: async_sessionmaker[AsyncSession],
+        mqtt: MqttClient,
+        hub: Hub,
+        metrics: Metrics,
+    ) -> None:
+        self.settings = settings
+        self.sessions = sessions
+        self.mqtt = mqtt
+        self.hub = hub
+        self.metrics = metrics
+
+    async def issue(self, device_id: str, request: CommandRequest) -> CommandRow:
+        now = utcnow()
+        async with self.sessions() as session, session.begin():
+            device = await session.get(Device, device_id)
+            if device is None:
+                raise NotFound(f"no device {device_id!r}")
+            try:
+                args = actions.validate_action(device.kind, request.action, request.args)
+            except actions.ActionNotAllowed as exc:
+                raise ActionNotAllowed(str(exc)) from None
+            expires_in = request.expires_in_s or self.settings.command_expiry_s
+            cmd = CommandRow(
+                id=new_id(),
+                device_id=device.id,
+                gateway_id=device.gateway_id,
+                site_id=device.site_id,
+                action=request.action,
+                args=args,
+                status=CommandStatus.PENDING.value,
+                reason=request.reason or None,
+                issued_by=request.issued_by,
+                issued_at=now,
+                expires_at=now + timedelta(seconds=expires_in),
+                updated_at=now,
+            )
+            session.add(cmd)
+            await store.audit(session, cmd, CommandStatus.PENDING.value, request.reason or None, now)
+        bound = log.bind(command=cmd.id, device=cmd.device_id, gateway=cmd.gateway_id, action=cmd.action)
+        wire = Command(
+            id=cmd.id,
+            site_id=cmd.site_id,
+            gateway_id=cmd.gateway_id,
+            device_id=cmd.device_id,
+            action=cmd.action,
+            args=cmd.args,
+            issued_at=cmd.issued_at,
+            expires_at=cmd.expires_at,
+            issued_by=cmd.issued_by,
+        )
+        topic = Topics(self.settings.topic_prefix, cmd.site_id, cmd.gateway_id).commands
+        try:
+            await self.mqtt.publish(topic, wire.to_bytes(), qos=1, retain=False, timeout=5)
+        except MqttError as exc:
+            bound.warning("command.publish_failed", error=str(exc))
+            await self._advance(cmd.id, CommandStatus.FAILED, f"not delivered to the broker: {exc}")
+            raise BrokerUnavailable(
+                f"command {cmd.id} not sent: the MQTT broker is unavailable ({exc})"
+            ) from None
+        updated = await self._advance(cmd.id, CommandStatus.SENT, None)
+        bound.info("command.sent", issued_by=cmd.issued_by, expires_at=cmd.expires_at.isoformat())
+        return updated or await self.get(cmd.id)
+
+    async def _advance(self, command_id: str, status: CommandStatus, reason: str | None) -> CommandRow | None:
+        async with self.sessions() as session, session.begin():
+            row = await store.advance_command(session, command_id, status, reason, utcnow())
+        if row is not None:
+            self.metrics.commands[row.status] += 1
+            self.hub.publish("command", command_json(row))
+        return row
+
+    async def get(self, command_id: str) -> CommandRow:
+        async with self.sessions() as session:
+            row = await session.get(CommandRow, command_id)
+        if row is None:
+            raise NotFound(f"no command {command_id!r}")
+        return row
+
+    async def wait(self, command_id: str, wait_s: float) -> CommandRow:
+        """The command now, or as soon as its status changes or becomes final, within ``wait_s``."""
+        row = await self.get(command_id)
+        seen = row.status
+        deadline = time.monotonic() + wait_s
+        while not CommandStatus(row.status).final and row.status == seen:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            # Another cloud instance may have ingested the result: re-read at least every 0.5 s.
+            await self.hub.wait_command(command_id, min(remaining, 0.5))
+            row = await self.get(command_id)
+        return row
+
+    async def audit_trail(self, command_id: str) -> list[CommandAudit]:
+        async with self.sessions() as session:
+            rows = await session.execute(
+                select(CommandAudit).where(CommandAudit.command_id == command_id).order_by(CommandAudit.id)
+            )
+            return list(rows.scalars())
+
+    async def sweep_once(self) -> None:
+        now = utcnow()
+        async with self.sessions() as session, session.begin():
+            expired = await store.expire_due(session, now)
+            silent = await store.mark_silent_gateways(session, now, self.settings.gateway_offline_after_s)
+        for row in expired:
+            self.metrics.commands[row.status] += 1
+            log.info("command.expired", command=row.id, device=row.device_id, gateway=row.gateway_id)
+            self.hub.publish("command", command_json(row))
+        for gateway_id in silent:
+            log.warning("gateway.silent_marked_offline", gateway=gateway_id)
+            self.hub.publish("gateway", {"id": gateway_id, "online": False})
+
+    async def run_sweeper(self) -> None:
+        """Expire overdue commands and mark silent gateways offline, every ``sweep_interval_s``."""
+        while True:
+            try:
+                await self.sweep_once()
+            except SQLAlchemyError as exc:
+                log.error("sweeper.store_failed", error=str(exc)[:500])
+            await asyncio.sleep(self.settings.sweep_interval_s)
+
+    async def gateway_counts(self) -> tuple[int, int]:
+        async with self.sessions() as session:
+            online = await session.scalar(
+                select(func.count()).select_from(Gateway).where(Gateway.online.is_(True))
+            )
+            skewed = await session.scalar(
+                select(func.count()).select_from(Gateway).where(Gateway.clock_skewed.is_(True))
+            )
+        return int(online or 0), int(skewed or 0)

@@ -1,0 +1,84 @@
+"""Cloud settings, validated whole at start-up. Environment variables use the prefix ``STEWARD_CLOUD_``.
+
+Plain pydantic (no pydantic-settings dependency): :meth:`CloudSettings.from_env` reads
+``STEWARD_CLOUD_<FIELD>`` for every field, e.g. ``STEWARD_CLOUD_DATABASE_URL``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+
+ENV_PREFIX = "STEWARD_CLOUD_"
+
+
+class SettingsError(Exception):
+    """Settings that cannot be used; ``str()`` names each bad variable."""
+
+
+class CloudSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    database_url: str = Field(
+        default="sqlite+aiosqlite:///var/cloud.db",
+        description="sqlite+aiosqlite:///path or postgresql+asyncpg://user@host:port/db",
+    )
+    database_schema: str | None = Field(
+        default=None, pattern=r"^[a-z_][a-z0-9_]{0,62}$", description="PostgreSQL only: schema (search_path)"
+    )
+    broker_host: str = "127.0.0.1"
+    broker_port: int = Field(default=1883, ge=1, le=65535)
+    broker_username: str | None = None
+    broker_password: SecretStr | None = None
+    topic_prefix: str = Field(default="steward", pattern=r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$")
+    shared_subscription: bool = Field(
+        default=False, description="Subscribe to events/results as $share/<group>/...; needs broker support"
+    )
+    share_group: str = Field(default="steward-cloud", pattern=r"^[A-Za-z0-9_-]+$")
+    client_id: str = Field(default="steward-cloud", min_length=1, max_length=64)
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=8080, ge=0, le=65535)
+    command_expiry_s: float = Field(default=30, gt=0, le=3600)
+    gateway_offline_after_s: float = Field(default=180, gt=0)
+    max_clock_skew_s: float = Field(
+        default=120, gt=0, description="Flag a gateway whose clock is further off"
+    )
+    sweep_interval_s: float = Field(default=1.0, gt=0, le=60)
+    max_payload_bytes: int = Field(default=1024 * 1024, ge=1024)
+    run_migrations: bool = Field(default=True, description="alembic upgrade head at start-up")
+
+    @model_validator(mode="after")
+    def _check(self) -> CloudSettings:
+        if not self.database_url.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
+            raise ValueError("database_url must start with sqlite+aiosqlite:// or postgresql+asyncpg://")
+        if self.database_schema and not self.is_postgres:
+            raise ValueError("database_schema applies to PostgreSQL only")
+        if (self.broker_username is None) and (self.broker_password is not None):
+            raise ValueError("broker_password given without broker_username")
+        return self
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.database_url.startswith("postgresql")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> CloudSettings:
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {
+            name: env[ENV_PREFIX + name.upper()]
+            for name in cls.model_fields
+            if ENV_PREFIX + name.upper() in env
+        }
+        values.update(overrides)
+        try:
+            return cls.model_validate(values)
+        except ValidationError as exc:
+            lines = [f"{exc.error_count()} bad cloud setting(s)"]
+            for err in exc.errors(include_url=False):
+                field = ".".join(map(str, err["loc"])) or "(settings)"
+                name = ENV_PREFIX + field.upper() if err["loc"] else field
+                lines.append(f"  {name}: {err['msg'].removeprefix('Value error, ')}")
+            raise SettingsError("\n".join(lines)) from None

@@ -1,0 +1,84 @@
+"""Device live state from events: pure functions, no I/O, table-driven.
+
+A device's state is a flat mapping ``key -> {"value": ..., "at": iso-time}``. An event only
+overwrites a key whose recorded time is not newer, so late (buffered, redelivered) events never
+roll the display back.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+# (event type) -> (state key, value). Exact types first; ``gate.state``/``door.state`` carry data["state"].
+_EXACT: dict[str, tuple[str, str]] = {
+    "gate.opened": ("gate", "open"),
+    "gate.open": ("gate", "open"),
+    "gate.closed": ("gate", "closed"),
+    "gate.opening": ("gate", "moving"),
+    "gate.closing": ("gate", "moving"),
+    "gate.moving": ("gate", "moving"),
+    "gate.stopped": ("gate", "stopped"),
+    "gate.fault": ("gate", "fault"),
+    "gate.obstructed": ("gate", "obstructed"),
+    "door.locked": ("lock", "locked"),
+    "door.unlocked": ("lock", "unlocked"),
+    "door.opened": ("door", "open"),
+    "door.open": ("door", "open"),
+    "door.closed": ("door", "closed"),
+    "door.forced_open": ("door", "forced_open"),
+    "door.held_open": ("door", "held_open"),
+    "door.fault": ("door", "fault"),
+}
+
+_READING_TYPES = ("meter.reading", "sensor.reading")
+
+
+def state_updates(event_type: str, data: dict[str, Any]) -> dict[str, Any]:
+    """What an event says about its device's state: ``{key: value}``, empty if nothing."""
+    if event_type in _EXACT:
+        key, value = _EXACT[event_type]
+        return {key: value}
+    if event_type in ("gate.state", "door.state", "device.state") and isinstance(data.get("state"), str):
+        return {event_type.split(".", maxsplit=1)[0]: data["state"]}
+    if event_type.startswith(_READING_TYPES):
+        return {"reading": data}
+    if event_type.startswith("fire."):
+        zone = data.get("zone")
+        what = event_type.removeprefix("fire.")
+        value = data.get("state", what)
+        if zone is not None:
+            return {f"zone.{zone}": value}
+        return {"panel": value}
+    if event_type in ("device.online", "device.offline"):
+        return {"link": event_type.removeprefix("device.")}
+    return {}
+
+
+def merge_state(state: dict[str, Any], updates: dict[str, Any], at: datetime) -> dict[str, Any]:
+    """A new state with ``updates`` applied where ``at`` is not older than what is recorded."""
+    out = dict(state)
+    stamp = at.isoformat()
+    for key, value in updates.items():
+        current = out.get(key)
+        if isinstance(current, dict) and isinstance(current.get("at"), str):
+            try:
+                if datetime.fromisoformat(current["at"]) > at:
+                    continue
+            except ValueError:
+                pass
+        out[key] = {"value": value, "at": stamp}
+    return out
+
+
+def numeric_points(data: dict[str, Any]) -> dict[str, float]:
+    """The numeric points of a reading event: top-level numbers and those under ``points``/``values``."""
+    out: dict[str, float] = {}
+    sources = [data] + [data[k] for k in ("points", "values") if isinstance(data.get(k), dict)]
+    for source in sources:
+        for key, value in source.items():
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                continue
+            if isinstance(key, str) and 0 < len(key) <= 64:
+                out[key] = float(value)
+    return out

@@ -1,0 +1,314 @@
+"""The gateway runtime: wires drivers, buffer, uplink and command handling under one TaskGroup.
+
+Up: driver -> :meth:`Gateway.record` -> buffer (committed) -> uplink -> cloud.
+Down: cloud command -> :class:`CommandHandler` -> driver -> result up.
+The gateway starts and runs its building with the uplink down; MQTT reconnects in the background.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import resource
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+from pydantic import ValidationError
+
+from drivers.base import Driver, Reading
+from drivers.hub import TransportHub
+from drivers.registry import create_driver
+from edge.buffer import EventBuffer, EventDraft
+from edge.commands import CommandHandler, Guard, Verifier
+from edge.supervisor import DeviceSupervisor
+from edge.uplink import Uplink
+from protocol import BatchAck, CommandResult, DeviceInfo, Event, GatewayStatus, Topics
+from protocol.models import utcnow
+from steward import __version__
+from steward.config import SiteConfig
+from steward.mqtt import MqttClient, MqttError, TlsSettings, Will
+
+EventHook = Callable[[Event], Awaitable[None]]
+HEALTH_INTERVAL_S = 60.0
+
+log = structlog.get_logger("steward.gateway")
+
+
+def _tls(site: SiteConfig) -> TlsSettings | None:
+    up = site.uplink
+    if not up.use_tls:
+        return None
+    t = up.tls
+    if t is None:
+        return TlsSettings()
+    return TlsSettings(
+        ca_file=str(t.ca_file) if t.ca_file else None,
+        cert_file=str(t.cert_file) if t.cert_file else None,
+        key_file=str(t.key_file) if t.key_file else None,
+        verify=t.verify,
+    )
+
+
+def uplink_client(site: SiteConfig) -> MqttClient:
+    topics = Topics(site.uplink.topic_prefix, site.site_id, site.gateway_id)
+    offline = GatewayStatus(site_id=site.site_id, gateway_id=site.gateway_id, online=False, at=utcnow())
+    up = site.uplink
+    return MqttClient(
+        up.host,
+        up.port,
+        client_id=f"steward-gw-{site.gateway_id}",
+        username=up.username,
+        password=up.password.get_secret_value() if up.password else None,
+        tls=_tls(site),
+        will=Will(topics.status, offline.to_bytes(), qos=1, retain=True),
+        keepalive=up.keepalive_s,
+    )
+
+
+class Gateway:
+    def __init__(
+        self,
+        site: SiteConfig,
+        *,
+        ble_scanner: Any = None,
+        verify: Verifier | None = None,
+        health_interval_s: float = HEALTH_INTERVAL_S,
+    ) -> None:
+        self.site = site
+        self.topics = Topics(site.uplink.topic_prefix, site.site_id, site.gateway_id)
+        self.log = log.bind(site=site.site_id, gateway=site.gateway_id)
+        self.hooks: list[EventHook] = []
+        self.guards: list[Guard] = []
+        self.verify = verify
+        self.health_interval_s = health_interval_s
+        self._ble_scanner = ble_scanner
+        self.started = asyncio.Event()
+        self.buffer: EventBuffer | None = None
+        self.uplink: Uplink | None = None
+        self.client: MqttClient | None = None
+        self.drivers: dict[str, Driver] = {}
+        self.supervisors: dict[str, DeviceSupervisor] = {}
+        self.commands: CommandHandler | None = None
+        self._started_at = time.time()
+        self.malformed_downlink = 0
+
+    # ---- up ----------------------------------------------------------------------------------
+    async def record(self, driver: Driver, reading: Reading) -> Event:
+        """Commit one device event to the buffer; it counts as received only once this returns."""
+        assert self.buffer is not None
+        dev = self.site.device(driver.device_id) if driver.device_id in self.drivers else None
+        event = await self.buffer.record(
+            EventDraft(
+                device_id=driver.device_id,
+                type=reading.type,
+                ts=reading.ts,
+                data=reading.data,
+                location=dev.location if dev else None,
+            )
+        )
+        for hook in self.hooks:
+            try:
+                await hook(event)
+            except Exception:
+                # A faulty observer must never stop events being recorded.
+                self.log.exception("gateway.hook_failed", hook=getattr(hook, "__name__", repr(hook)))
+        return event
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+    async def run(self) -> None:
+        """Run until cancelled; on the way out publish offline status and close everything."""
+        site = self.site
+        self.log.info("gateway.starting", devices=len(site.devices), broker=site.uplink.broker_url)
+        buffer = await EventBuffer.open(site.buffer)
+        self.buffer = buffer
+        client = self.client = uplink_client(site)
+        device_client = self._device_client()
+        hub = TransportHub(mqtt=device_client, ble=self._ble_scanner)
+        try:
+            await client.subscribe(self.topics.acks)
+            await client.subscribe(self.topics.commands)
+            client.start()
+            if device_client is not None:
+                device_client.start()
+            if self._ble_scanner is not None and hasattr(self._ble_scanner, "start"):
+                await self._ble_scanner.start()
+            for dev in site.devices:
+                driver = create_driver(dev, hub, self._emitter(dev.id))
+                self.drivers[dev.id] = driver
+            self.uplink = Uplink(buffer, client, self.topics, site.buffer)
+            self.commands = CommandHandler(
+                gateway_id=site.gateway_id,
+                drivers=self.drivers,
+                publish_result=self._publish_result,
+                remember=buffer.remember_command,
+                verify=self.verify,
+                guards=self.guards,
+            )
+            for driver in self.drivers.values():
+                await driver.open()
+            async with asyncio.TaskGroup() as tg:
+                for dev_id, driver in self.drivers.items():
+                    sup = self.supervisors[dev_id] = DeviceSupervisor(driver, self.record)
+                    tg.create_task(sup.run(), name=f"device:{dev_id}")
+                tg.create_task(self.uplink.run(), name="uplink")
+                tg.create_task(self.uplink.run_resender(), name="uplink-resend")
+                tg.create_task(self._downlink(tg), name="downlink")
+                tg.create_task(self._status_loop(), name="status")
+                self.started.set()
+                self.log.info("gateway.started")
+        finally:
+            await self._shutdown(client, device_client, hub, buffer)
+
+    def _emitter(self, device_id: str) -> Callable[[Reading], Awaitable[None]]:
+        async def emit(reading: Reading) -> None:
+            await self.record(self.drivers[device_id], reading)
+
+        return emit
+
+    def _device_client(self) -> MqttClient | None:
+        if not any(d.transport.type == "mqtt" for d in self.site.devices):
+            return None
+        url = self.site.device_broker_url or self.site.uplink.broker_url
+        from urllib.parse import urlparse
+
+        u = urlparse(url)
+        return MqttClient(
+            u.hostname or "127.0.0.1", u.port or 1883, client_id=f"steward-dev-{self.site.gateway_id}"
+        )
+
+    async def _shutdown(
+        self, client: MqttClient, device_client: MqttClient | None, hub: TransportHub, buffer: EventBuffer
+    ) -> None:
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(5):
+                if client.is_connected:
+                    await client.publish(
+                        self.topics.status, self._status(online=False).to_bytes(), retain=True
+                    )
+        for driver in self.drivers.values():
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(5):
+                    await driver.close()
+        if self._ble_scanner is not None and hasattr(self._ble_scanner, "stop"):
+            with contextlib.suppress(Exception):
+                await self._ble_scanner.stop()
+        with contextlib.suppress(Exception):
+            await hub.close()
+        await client.disconnect()
+        if device_client is not None:
+            await device_client.disconnect()
+        await buffer.close()
+        self.log.info("gateway.stopped")
+
+    # ---- down --------------------------------------------------------------------------------
+    async def _downlink(self, tg: asyncio.TaskGroup) -> None:
+        assert self.client is not None and self.uplink is not None and self.commands is not None
+        async for msg in self.client.messages():
+            if msg.topic == self.topics.acks:
+                try:
+                    ack = BatchAck.model_validate_json(msg.payload)
+                except ValidationError:
+                    self.malformed_downlink += 1
+                    self.log.warning("downlink.malformed_ack", size=len(msg.payload))
+                    continue
+                await self.uplink.handle_ack(ack)
+            elif msg.topic == self.topics.commands:
+                if msg.retain:
+                    # Commands are never published retained; a retained one is stale or planted.
+                    self.malformed_downlink += 1
+                    self.log.warning("downlink.retained_command_ignored")
+                    continue
+                tg.create_task(self.commands.handle(msg.payload), name="command")
+
+    async def _publish_result(self, result: CommandResult) -> None:
+        assert self.client is not None
+        try:
+            await self.client.publish(self.topics.results, result.to_bytes(), qos=1, timeout=5)
+        except MqttError as exc:
+            # The cloud expires the command and shows that; the buffer still keeps the record below.
+            self.log.warning("command.result_not_sent", command=result.command_id, error=str(exc))
+        if result.status.final and self.buffer is not None:
+            await self.buffer.record(
+                EventDraft(
+                    device_id=result.device_id,
+                    type=f"command.{result.status.value}",
+                    ts=result.at,
+                    data={"command_id": result.command_id, "reason": result.reason, "state": result.state},
+                )
+            )
+
+    # ---- status ------------------------------------------------------------------------------
+    def _status(self, online: bool) -> GatewayStatus:
+        return GatewayStatus(
+            site_id=self.site.site_id,
+            gateway_id=self.site.gateway_id,
+            online=online,
+            at=utcnow(),
+            site_name=self.site.site_name,
+            software=f"steward {__version__}",
+            devices=[
+                DeviceInfo(id=d.id, kind=d.kind, model=d.model, location=d.location)
+                for d in self.site.devices
+            ],
+            health=self.health() if online else {},
+        )
+
+    def health(self) -> dict[str, Any]:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        try:
+            with open("/proc/self/statm") as f:
+                rss = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except OSError:
+            rss = usage.ru_maxrss * 1024
+        up = self.uplink.stats if self.uplink else None
+        return {
+            "uptime_s": round(time.time() - self._started_at, 1),
+            "uplink": {
+                "connected": bool(self.client and self.client.is_connected),
+                "reconnects": self.client.reconnects if self.client else 0,
+                "in_flight_batches": self.uplink.in_flight if self.uplink else 0,
+                "batches_sent": up.batches_sent if up else 0,
+                "resends": up.resends if up else 0,
+            },
+            "devices": {
+                dev_id: {
+                    "online": s.health.online,
+                    "errors": s.health.errors,
+                    "last_error": s.health.last_error,
+                    "poll_ms": None if s.health.last_poll_ms is None else round(s.health.last_poll_ms, 2),
+                    "missed_cycles": s.health.missed_cycles,
+                }
+                for dev_id, s in self.supervisors.items()
+            },
+            "cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
+            "rss_bytes": rss,
+        }
+
+    async def _status_loop(self) -> None:
+        """Publish retained status on every (re)connect and health every interval."""
+        assert self.client is not None and self.buffer is not None
+        while True:
+            await self.client.wait_connected(timeout=None)
+            try:
+                status = self._status(online=True)
+                stats = await self.buffer.stats()
+                status.health["buffer"] = {
+                    "depth": stats.depth,
+                    "oldest_age_s": stats.oldest_age_s,
+                    "size_bytes": stats.size_bytes,
+                    "evicted_total": stats.evicted_total,
+                }
+                await self.client.publish(
+                    self.topics.status, status.to_bytes(), qos=1, retain=True, timeout=5
+                )
+            except MqttError as exc:
+                self.log.warning("status.publish_failed", error=str(exc))
+                await asyncio.sleep(1)
+                continue
+            # Wake early on a disconnect so the next connect re-announces us at once.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.health_interval_s):
+                    await self.client.wait_disconnected()

@@ -1,0 +1,105 @@
+"""Readings history in time buckets (SQLite and PostgreSQL), clock skew flag, SSE stream, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from protocol import CommandStatus, new_id
+from tests.cloud.conftest import PG_URL, pg_available
+from tests.cloud.support import FakeGateway, cloud_settings, eventually, make_batch, make_event, running_cloud
+
+
+@pytest.mark.parametrize("dialect", ["sqlite", "postgresql"])
+async def test_readings_bucketed_per_point(broker_port: int, sqlite_url: str, dialect: str) -> None:
+    if dialect == "postgresql":
+        if not pg_available():
+            pytest.skip("PostgreSQL not reachable on 127.0.0.1:5432")
+        settings = cloud_settings(broker_port, PG_URL, database_schema=f"t_{new_id().lower()}")
+    else:
+        settings = cloud_settings(broker_port, sqlite_url)
+    t0 = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
+    events = [
+        make_event("meter-1", "meter.reading", i, {"energy_kwh": 100.0 + i, "power_w": 500 + 100 * i}, ts=ts)
+        for i, ts in enumerate(
+            [t0, t0 + timedelta(minutes=20), t0 + timedelta(minutes=70), t0 + timedelta(hours=5)]
+        )
+    ]
+    async with running_cloud(settings) as cloud, FakeGateway(broker_port) as gw:
+        try:
+            await gw.send_batch(make_batch(events))
+            await gw.next_ack()
+            resp = await cloud.http.get(
+                "/api/v1/devices/meter-1/readings",
+                params={"from": t0.isoformat(), "to": (t0 + timedelta(hours=2)).isoformat(), "bucket": "1h"},
+            )
+            assert resp.status_code == 200, resp.text
+            body = resp.json()
+            series = {s["point"]: s["buckets"] for s in body["series"]}
+            assert body["bucket_s"] == 3600
+            assert [(b["count"], b["min"], b["max"]) for b in series["energy_kwh"]] == [
+                (2, 100.0, 101.0),
+                (1, 102.0, 102.0),
+            ]
+            assert [datetime.fromisoformat(b["start"]) for b in series["power_w"]] == [
+                t0,
+                t0 + timedelta(hours=1),
+            ]
+            assert series["power_w"][0]["avg"] == pytest.approx(550.0)
+            bad = await cloud.http.get("/api/v1/devices/meter-1/readings", params={"bucket": "fortnight"})
+            assert (bad.status_code, bad.json()["error"]["code"]) == (400, "bad_query")
+        finally:
+            if settings.database_schema:
+                import asyncpg
+
+                conn = await asyncpg.connect("postgresql://postgres@127.0.0.1:5432/test")
+                await conn.execute(f'DROP SCHEMA "{settings.database_schema}" CASCADE')
+                await conn.close()
+
+
+async def test_gateway_with_wrong_clock_is_flagged(broker_port: int, sqlite_url: str) -> None:
+    settings = cloud_settings(broker_port, sqlite_url, max_clock_skew_s=60)
+    async with running_cloud(settings) as cloud, FakeGateway(broker_port) as gw:
+        ahead = datetime.now(UTC) + timedelta(minutes=10)
+        await gw.send_batch(make_batch([make_event("gate-1", "gate.opened", 1)], sent_at=ahead))
+        await gw.next_ack()
+        (gateway,) = (await cloud.http.get("/api/v1/gateways")).json()
+        assert gateway["clock_skewed"] is True
+        assert gateway["clock_skew_s"] == pytest.approx(600, abs=5)
+        assert "steward_cloud_gateways_clock_skewed 1" in (await cloud.http.get("/metrics")).text
+
+
+async def test_stream_carries_events_and_command_updates(broker_port: int, sqlite_url: str) -> None:
+    async with (
+        running_cloud(cloud_settings(broker_port, sqlite_url)) as cloud,
+        FakeGateway(broker_port) as gw,
+    ):
+        await gw.send_status(online=True)
+        await eventually(lambda: _has_device(cloud.http, "gate-1"))
+        received: list[tuple[str, dict[str, object]]] = []
+        async with cloud.http.stream("GET", "/api/v1/stream", params={"kinds": "event,command"}) as resp:
+            assert resp.headers["content-type"].startswith("text/event-stream")
+            lines = resp.aiter_lines()
+            assert await asyncio.wait_for(anext(lines), 5) == ": connected"
+            await gw.send_batch(make_batch([make_event("gate-1", "gate.opened", 1)]))
+            cmd = (await cloud.http.post("/api/v1/devices/gate-1/commands", json={"action": "close"})).json()
+            await gw.answer(await gw.next_command(), CommandStatus.SUCCEEDED)
+            kind = ""
+            async with asyncio.timeout(5):
+                async for line in lines:
+                    if line.startswith("event: "):
+                        kind = line.removeprefix("event: ")
+                    elif line.startswith("data: "):
+                        received.append((kind, json.loads(line.removeprefix("data: "))))
+                        if ("command", "succeeded") in {(k, d.get("status")) for k, d in received}:
+                            break
+        assert ("event", "gate.opened") in {(k, d.get("type")) for k, d in received}
+        statuses = [d["status"] for k, d in received if k == "command" and d["id"] == cmd["id"]]
+        assert statuses == ["sent", "succeeded"]
+
+
+async def _has_device(http: object, device_id: str) -> bool:
+    return (await http.get(f"/api/v1/devices/{device_id}")).status_code == 200  # type: ignore[attr-defined]

@@ -1,0 +1,118 @@
+"""Ingest over a real broker: dedupe on redelivery, ack after commit, bad payloads rejected, status/LWT."""
+
+from __future__ import annotations
+
+import json
+
+from tests.cloud.support import (
+    GATEWAY,
+    SITE,
+    FakeGateway,
+    cloud_settings,
+    eventually,
+    make_batch,
+    make_event,
+    running_cloud,
+)
+
+
+async def test_redelivered_batch_is_stored_once_and_acked_twice(broker_port: int, sqlite_url: str) -> None:
+    async with (
+        running_cloud(cloud_settings(broker_port, sqlite_url)) as cloud,
+        FakeGateway(broker_port) as gw,
+    ):
+        batch = make_batch([make_event("gate-1", "gate.opened", 1), make_event("gate-1", "gate.closed", 2)])
+        await gw.send_batch(batch)
+        first = await gw.next_ack()
+        # The ack means "committed": the events are readable the moment it arrives.
+        page = (await cloud.http.get("/api/v1/events", params={"device_id": "gate-1"})).json()
+        assert [e["seq"] for e in page["items"]] == [2, 1]
+        await gw.send_batch(batch)
+        second = await gw.next_ack()
+        assert (first.batch_id, first.stored, first.duplicates) == (batch.batch_id, 2, 0)
+        assert (second.batch_id, second.stored, second.duplicates) == (batch.batch_id, 0, 2)
+        page = (await cloud.http.get("/api/v1/events", params={"device_id": "gate-1"})).json()
+        assert len(page["items"]) == 2
+        device = (await cloud.http.get("/api/v1/devices/gate-1")).json()
+        assert device["state"]["gate"]["value"] == "closed"
+
+
+async def test_bad_payloads_are_rejected_counted_and_ingest_continues(
+    broker_port: int, sqlite_url: str
+) -> None:
+    settings = cloud_settings(broker_port, sqlite_url, max_payload_bytes=64 * 1024)
+    async with running_cloud(settings) as cloud, FakeGateway(broker_port) as gw:
+        good = make_batch([make_event("meter-1", "meter.reading", 1, {"energy_kwh": 10.5})])
+        forged = make_batch([make_event("meter-1", "meter.reading", 2)], gateway="gw-other")
+        wrong_schema = json.loads(good.to_bytes())
+        wrong_schema["events"][0]["seq"] = -1
+        await gw.send_raw("events", b"{not json")
+        await gw.send_raw("events", json.dumps(wrong_schema).encode())
+        await gw.send_raw("events", b"x" * (65 * 1024))
+        await gw.send_raw("events", forged.to_bytes())
+        await gw.send_batch(good)
+        ack = await gw.next_ack()
+        assert (ack.batch_id, ack.stored) == (good.batch_id, 1)
+        assert gw.acks.empty()  # nothing was acknowledged for the rejected ones
+        metrics = (await cloud.http.get("/metrics")).text
+        for reason in ("malformed_json", "invalid_schema", "too_large", "gateway_mismatch"):
+            assert f'steward_cloud_messages_rejected_total{{reason="{reason}"}} 1' in metrics
+        assert "steward_cloud_events_stored_total 1" in metrics
+        items = (await cloud.http.get("/api/v1/events")).json()["items"]
+        assert [e["gateway_id"] for e in items] == [GATEWAY]
+
+
+async def test_status_registers_devices_and_last_will_marks_gateway_offline(
+    broker_port: int, sqlite_url: str
+) -> None:
+    async with (
+        running_cloud(cloud_settings(broker_port, sqlite_url)) as cloud,
+        FakeGateway(broker_port) as gw,
+    ):
+        await gw.send_status(online=True)
+
+        async def registered() -> list[dict[str, object]]:
+            return (await cloud.http.get("/api/v1/devices")).json()
+
+        devices = await eventually(registered)
+        assert {d["id"]: d["kind"] for d in devices} == {
+            "gate-1": "barrier_gate",
+            "door-1": "door_access",
+            "meter-1": "smart_meter",
+        }
+        assert all(d["online"] is True for d in devices)
+        sites = (await cloud.http.get("/api/v1/sites")).json()
+        assert [(s["id"], s["name"]) for s in sites] == [(SITE, "Estate A")]
+        # What the broker publishes for the gateway's Last Will:
+        await gw.send_status(online=False, devices=[])
+
+        async def offline() -> bool:
+            gws = (await cloud.http.get("/api/v1/gateways")).json()
+            return gws[0]["online"] is False
+
+        await eventually(offline)
+        devices = (await cloud.http.get("/api/v1/devices")).json()
+        assert all(d["online"] is None for d in devices)
+
+
+async def test_events_page_with_cursor_newest_first(broker_port: int, sqlite_url: str) -> None:
+    async with (
+        running_cloud(cloud_settings(broker_port, sqlite_url)) as cloud,
+        FakeGateway(broker_port) as gw,
+    ):
+        events = [make_event("door-1", "door.unlocked", i) for i in range(1, 8)]
+        await gw.send_batch(make_batch(events))
+        await gw.next_ack()
+        seen: list[str] = []
+        cursor = None
+        while True:
+            params = {"limit": 3, **({"cursor": cursor} if cursor else {})}
+            page = (await cloud.http.get("/api/v1/events", params=params)).json()
+            seen += [e["id"] for e in page["items"]]
+            cursor = page["next_cursor"]
+            if cursor is None:
+                break
+        assert seen == sorted((e.id for e in events), reverse=True)
+        bad = await cloud.http.get("/api/v1/events", params={"cursor": "@@"})
+        assert bad.status_code == 400
+        assert bad.json()["error"]["code"] == "bad_cursor"

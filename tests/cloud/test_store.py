@@ -1,0 +1,127 @@
+"""The store on SQLite and (when reachable) PostgreSQL: migrations, dedupe, live state, readings,
+forward-only command status."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select, text
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from cloud import CloudSettings
+from cloud.db import make_engine, make_sessions, upgrade
+from cloud.store import apply_result, apply_status, expire_due, ingest_batch, mark_silent_gateways
+from cloud.tables import CommandRow, Device, EventRow, Gateway, Reading
+from protocol import CommandResult, CommandStatus, GatewayStatus, new_id
+from tests.cloud.conftest import PG_URL, pg_available
+from tests.cloud.support import DEVICES, GATEWAY, SITE, make_batch, make_event
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def sessions(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    if request.param == "postgresql":
+        if not pg_available():
+            pytest.skip("PostgreSQL not reachable on 127.0.0.1:5432")
+        schema = f"t_{new_id().lower()}"
+        settings = CloudSettings(database_url=PG_URL, database_schema=schema)
+    else:
+        settings = CloudSettings(database_url=f"sqlite+aiosqlite:///{tmp_path / 'store.db'}")
+    engine = make_engine(settings)
+    try:
+        await upgrade(engine, settings)
+        yield make_sessions(engine)
+    finally:
+        if settings.database_schema:
+            async with engine.begin() as conn:
+                await conn.execute(text(f'DROP SCHEMA "{settings.database_schema}" CASCADE'))
+        await engine.dispose()
+
+
+async def test_batch_twice_stores_once_and_updates_state(sessions: async_sessionmaker[AsyncSession]) -> None:
+    t0 = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
+    events = [
+        make_event("gate-1", "gate.opening", 1, ts=t0),
+        make_event("gate-1", "gate.opened", 2, ts=t0 + timedelta(seconds=3)),
+        make_event("meter-1", "meter.reading", 3, {"energy_kwh": 100.0, "power_w": 900}, ts=t0),
+        make_event("fire-1", "fire.alarm", 4, {"zone": "Z3"}, ts=t0),
+    ]
+    batch = make_batch(events)
+    async with sessions() as s, s.begin():
+        first = await ingest_batch(s, batch, datetime.now(UTC))
+    async with sessions() as s, s.begin():
+        again = await ingest_batch(s, batch, datetime.now(UTC))
+    assert (first.stored, first.duplicates) == (4, 0)
+    assert (again.stored, again.duplicates, again.new_events) == (0, 4, [])
+    # An older event arriving late does not roll the gate back.
+    late = make_batch([make_event("gate-1", "gate.closed", 0, ts=t0 - timedelta(minutes=5))])
+    async with sessions() as s, s.begin():
+        await ingest_batch(s, late, datetime.now(UTC))
+    async with sessions() as s:
+        assert await s.scalar(select(func.count()).select_from(EventRow)) == 5
+        gate = await s.get(Device, "gate-1")
+        fire = await s.get(Device, "fire-1")
+        meter = await s.get(Device, "meter-1")
+        points = (await s.execute(select(Reading.point, Reading.value).order_by(Reading.point))).all()
+        stored = await s.get(EventRow, events[0].id)
+    assert gate is not None
+    assert gate.state["gate"]["value"] == "open"
+    assert fire is not None
+    assert fire.state["zone.Z3"]["value"] == "alarm"
+    assert meter is not None
+    assert meter.state["reading"]["value"] == {"energy_kwh": 100.0, "power_w": 900}
+    assert points == [("energy_kwh", 100.0), ("power_w", 900.0)]
+    assert stored is not None
+    assert (stored.ts, stored.severity) == (t0, "access")
+
+
+async def test_command_status_only_moves_forward(sessions: async_sessionmaker[AsyncSession]) -> None:
+    now = datetime.now(UTC)
+    async with sessions() as s, s.begin():
+        await apply_status(
+            s, GatewayStatus(site_id=SITE, gateway_id=GATEWAY, online=True, at=now, devices=DEVICES), now
+        )
+        for cid, expires in (("c-ok", now + timedelta(seconds=30)), ("c-old", now - timedelta(seconds=1))):
+            s.add(
+                CommandRow(
+                    id=cid, device_id="gate-1", gateway_id=GATEWAY, site_id=SITE, action="open", args={},
+                    status="sent", issued_by="t", issued_at=now, expires_at=expires, updated_at=now,
+                )
+            )  # fmt: skip
+
+    def result(status: CommandStatus) -> CommandResult:
+        return CommandResult(command_id="c-ok", gateway_id=GATEWAY, device_id="gate-1", status=status, at=now)
+
+    async with sessions() as s, s.begin():
+        assert await apply_result(s, result(CommandStatus.SUCCEEDED), now) is not None
+    async with sessions() as s, s.begin():
+        assert await apply_result(s, result(CommandStatus.ACCEPTED), now) is None
+        assert await apply_result(s, result(CommandStatus.FAILED), now) is None
+    async with sessions() as s, s.begin():
+        expired = await expire_due(s, now)
+    assert [c.id for c in expired] == ["c-old"]
+    async with sessions() as s:
+        assert (await s.get(CommandRow, "c-ok")).status == "succeeded"  # type: ignore[union-attr]
+        assert (await s.get(CommandRow, "c-old")).status == "expired"  # type: ignore[union-attr]
+
+
+async def test_silent_gateway_goes_offline_and_devices_unknown(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    then = datetime.now(UTC) - timedelta(minutes=10)
+    async with sessions() as s, s.begin():
+        await apply_status(
+            s, GatewayStatus(site_id=SITE, gateway_id=GATEWAY, online=True, at=then, devices=DEVICES), then
+        )
+    async with sessions() as s, s.begin():
+        assert await mark_silent_gateways(s, datetime.now(UTC), after_s=180) == [GATEWAY]
+    async with sessions() as s:
+        gw = await s.get(Gateway, GATEWAY)
+        devices = (await s.execute(select(Device.online))).scalars().all()
+    assert gw is not None
+    assert gw.online is False
+    assert set(devices) == {None}
