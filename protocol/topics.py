@@ -5,6 +5,8 @@
 ``{prefix}/v1/{site}/{gateway}/up/status``    gateway status, retained, also the Last Will
 ``{prefix}/v1/{site}/{gateway}/down/acks``    batch acknowledgements (cloud -> gateway, QoS 1)
 ``{prefix}/v1/{site}/{gateway}/down/commands`` commands (cloud -> gateway, QoS 1, never retained)
+``{prefix}/v1/{site}/{gateway}/down/credentials`` access credential deltas (cloud -> gateway, QoS 1)
+``{prefix}/v1/{site}/{gateway}/up/sync``      the gateway's credential list version (gateway -> cloud)
 
 Keeping "up" and "down" as separate subtrees lets a broker ACL say in two lines what a gateway
 may publish and what it may read.
@@ -57,6 +59,14 @@ class Topics:
     @property
     def commands(self) -> str:
         return f"{self.base}/down/commands"
+
+    @property
+    def credentials(self) -> str:
+        return f"{self.base}/down/credentials"
+
+    @property
+    def sync(self) -> str:
+        return f"{self.base}/up/sync"
 
     @classmethod
     def cloud_uplink_filter(cls, prefix: str) -> str:
