@@ -76,7 +76,13 @@ async def run_demo(site: SiteConfig, *, http_port: int = 8080, scenario: bool = 
     )
     settings = _cloud_settings(site, http_port)
     result = 0
-    async with EmbeddedBroker(host=site.uplink.host, port=site.uplink.port):
+    async with EmbeddedBroker(host=site.uplink.host, port=site.uplink.port) as broker:
+
+        async def cut_uplink(seconds: float) -> None:
+            await broker.stop()
+            await asyncio.sleep(seconds)
+            await broker.start()
+
         ready = asyncio.Event()
         async with asyncio.TaskGroup() as tg:
             cloud = tg.create_task(serve(settings, ready=ready), name="cloud")
@@ -91,7 +97,9 @@ async def run_demo(site: SiteConfig, *, http_port: int = 8080, scenario: bool = 
                 if scenario:
                     from steward.scenario import play
 
-                    result = await play(site, gateway, sims, http_port=http_port, say=_say)
+                    result = await play(
+                        site, gateway, sims, http_port=http_port, say=_say, cut_uplink=cut_uplink
+                    )
                 else:
                     _banner(site, http_port)
                     await asyncio.Event().wait()
