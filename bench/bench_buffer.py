@@ -153,7 +153,8 @@ async def _main(events: int, rss_events: int) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-buffer-"))
     try:
         print(
-            f"edge buffer bench: {events:,} appends, {CHUNK:,} per transaction, SQLite {sqlite3.sqlite_version}"
+            f"edge buffer bench: {events:,} appends, {CHUNK:,} per transaction, "
+            f"SQLite {sqlite3.sqlite_version}"
         )
         rows = await _rows_like_buffer(tmp, events)
         raw = bench_raw(tmp / "raw.db", rows)

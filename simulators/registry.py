@@ -4,13 +4,20 @@ Modbus devices that share a bus (same TCP host:port) share one :class:`ModbusSim
 they would share one gateway or RS-485 line on site. MQTT and BLE devices come from
 ``simulators.push`` (owned separately); a kind with no simulator yet is skipped with a warning
 so a partial site still runs.
+
+RTU devices: a site config names the port the *gateway* opens, so the simulator needs the other
+end of the line. Pass ``rtu_server_ports={client_port: server_port}``, e.g. from a
+:class:`simulators.serial_pty.PtyLink` (``{link.client_path: link.server_path}``) or a real
+null-modem pair (``{"/dev/ttyUSB0": "/dev/ttyUSB1"}``). Devices sharing a client port share one
+serial :class:`ModbusSimServer` at that transport's baud rate and framing; an RTU device whose
+port is not in the mapping is skipped with a warning.
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import structlog
@@ -89,9 +96,16 @@ def _extra_kwargs(cls: type[Simulator], device: DeviceConfig, travel_time_s: flo
 
 @contextlib.asynccontextmanager
 async def run_site_simulators(
-    site: SiteConfig, *, travel_time_s: float | None = None, only: set[str] | None = None
+    site: SiteConfig,
+    *,
+    travel_time_s: float | None = None,
+    only: set[str] | None = None,
+    rtu_server_ports: Mapping[str, str] | None = None,
 ) -> AsyncIterator[dict[str, Simulator]]:
-    """Start a simulator for every device (or those in ``only``); yield device id -> simulator."""
+    """Start a simulator for every device (or those in ``only``); yield device id -> simulator.
+
+    ``rtu_server_ports`` maps an RTU device's configured (gateway-side) port to the port its
+    simulator server opens (see the module docstring)."""
     servers: dict[str, ModbusSimServer] = {}
     sims: dict[str, Simulator] = {}
     started: list[Simulator] = []
@@ -106,8 +120,23 @@ async def run_site_simulators(
                 if server is None:
                     server = servers[t.bus] = ModbusSimServer(t.host, t.port)
             elif isinstance(t, ModbusRtuTransport):
-                log.warning("no simulator for RTU devices in a site run; skipped", device=dev.id, port=t.port)
-                continue
+                server_port = (rtu_server_ports or {}).get(t.port)
+                if server_port is None:
+                    log.warning(
+                        "RTU device skipped: no server-side port given for it (rtu_server_ports)",
+                        device=dev.id,
+                        port=t.port,
+                    )
+                    continue
+                server = servers.get(t.bus)
+                if server is None:
+                    server = servers[t.bus] = ModbusSimServer(
+                        serial=server_port,
+                        baudrate=t.baudrate,
+                        parity=t.parity,
+                        stopbits=t.stopbits,
+                        bytesize=t.bytesize,
+                    )
             try:
                 sims[dev.id] = create_simulator_for(
                     dev, server=server, site=site, travel_time_s=travel_time_s

@@ -109,7 +109,7 @@ async def test_a_bad_draft_fails_only_its_caller(tmp_path: Path) -> None:
         good, bad, naive = await asyncio.gather(
             buf.record(draft(ok=1)),
             buf.record(draft(device="bad/device")),
-            buf.record(EventDraft("meter-1", "meter.reading", datetime(2026, 1, 1), {})),  # noqa: DTZ001
+            buf.record(EventDraft("meter-1", "meter.reading", datetime(2026, 1, 1), {})),  # naive: no tz
             return_exceptions=True,
         )
         assert isinstance(good, Event)
