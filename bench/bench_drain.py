@@ -1,0 +1,206 @@
+"""Drain a deep backlog from the gateway's buffer into the cloud's store, with acknowledgements.
+
+    python -m bench.bench_drain                      # 200,000 events through the embedded broker
+    python -m bench.bench_drain --events 1000000 --broker mosquitto
+
+Figures: end-to-end events/s (buffer -> MQTT -> cloud ingest -> SQLite commit -> ack -> buffer
+delete), and the same batches published raw with paho at QoS 1 through the same broker to a raw
+subscriber that does nothing, measured in the same run: the transport's ceiling. The run ends by
+counting distinct event ids in the cloud store, which must equal the events buffered.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import shutil
+import sqlite3
+import subprocess
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from edge.buffer import EventBuffer, EventDraft
+from edge.gateway import Gateway
+from protocol import EventBatch, Topics, new_id
+from protocol.models import Location, utcnow
+from steward.broker import EmbeddedBroker, free_port
+from steward.config import parse_site_config
+from steward.logging import configure_logging
+from steward.mqtt import MqttClient
+
+GOAL_RATE = 20_000
+BATCH = 500
+
+
+async def _fill(path: Path, n: int) -> None:
+    from steward.config import BufferConfig
+
+    loc = Location(building="1", unit="1", apartment="1202")
+    now = datetime.now(UTC)
+    async with await EventBuffer.open(BufferConfig(path=path, max_bytes=4 * 1024**3)) as buf:
+        for start in range(0, n, 10_000):
+            await buf.record_many(
+                [
+                    EventDraft(
+                        f"meter-{i % 50}",
+                        "meter.reading",
+                        now,
+                        {"kwh": 1000.0 + i, "v": 229.8, "w": 880.0},
+                        loc,
+                    )
+                    for i in range(start, min(n, start + 10_000))
+                ]
+            )
+
+
+async def _raw_baseline(port: int, n: int, sample: EventBatch) -> float:
+    """paho QoS 1 publish of the same-size batches to a subscriber that only counts them."""
+    payload = sample.to_bytes()
+    batches = max(1, n // len(sample.events))
+    async with (
+        MqttClient("127.0.0.1", port, client_id="raw-sub") as sub,
+        MqttClient("127.0.0.1", port, client_id="raw-pub") as pub,
+    ):
+        await sub.subscribe("raw/bench", qos=1)
+        started = time.perf_counter()
+        window = asyncio.Semaphore(8)  # the uplink's own window, for a fair ceiling
+
+        async def one() -> None:
+            async with window:
+                await pub.publish("raw/bench", payload, qos=1)
+
+        async with asyncio.TaskGroup() as tg:
+            for _ in range(batches):
+                tg.create_task(one())
+            for _ in range(batches):
+                await sub.get_message(timeout=60)
+        elapsed = time.perf_counter() - started
+    return batches * len(sample.events) / elapsed
+
+
+@contextlib.asynccontextmanager
+async def _broker(kind: str, tmp: Path):  # type: ignore[no-untyped-def]
+    if kind == "embedded":
+        async with EmbeddedBroker(port=0) as b:
+            yield b.port
+        return
+    port = free_port()
+    conf = tmp / "mosquitto.conf"
+    conf.write_text(
+        f"listener {port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\npersistence false\n"
+    )
+    proc = subprocess.Popen(["mosquitto", "-c", str(conf)], stderr=subprocess.DEVNULL)
+    try:
+        await asyncio.sleep(0.5)
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+async def _run(n: int, broker_kind: str) -> None:
+    from cloud.main import serve
+    from cloud.settings import CloudSettings
+
+    tmp = Path(tempfile.mkdtemp(prefix="steward-drain-"))
+    try:
+        buf_path = tmp / "edge.db"
+        t0 = time.perf_counter()
+        await _fill(buf_path, n)
+        print(f"buffered {n:,} events in {time.perf_counter() - t0:.1f} s")
+        async with _broker(broker_kind, tmp) as port:
+            site = parse_site_config(
+                {
+                    "site_id": "bench",
+                    "site_name": "Bench",
+                    "gateway_id": "gw-bench",
+                    "uplink": {"broker_url": f"mqtt://127.0.0.1:{port}"},
+                    "buffer": {
+                        "path": str(buf_path),
+                        "batch_size": BATCH,
+                        "linger_ms": 0,
+                        "resend_timeout_s": 30,
+                        "max_bytes": 4 * 1024**3,
+                    },
+                    "devices": [],
+                }
+            )
+            sample_events = []
+            for i in range(BATCH):
+                sample_events.append(
+                    {
+                        "id": new_id(),
+                        "seq": i + 1,
+                        "device_id": "meter-1",
+                        "type": "meter.reading",
+                        "ts": utcnow(),
+                        "received_at": utcnow(),
+                        "location": {"building": "1", "unit": "1", "apartment": "1202"},
+                        "data": {"kwh": 1000.0 + i, "v": 229.8, "w": 880.0},
+                    }
+                )
+            sample = EventBatch(
+                batch_id=new_id(),
+                site_id="bench",
+                gateway_id="gw-bench",
+                sent_at=utcnow(),
+                events=sample_events,
+            )
+            raw_rate = await _raw_baseline(port, min(n, 200_000), sample)
+
+            db = tmp / "cloud.db"
+            settings = CloudSettings(
+                database_url=f"sqlite+aiosqlite:///{db}",
+                broker_port=port,
+                http_port=free_port(),
+                client_id="cloud-bench",
+            )
+            ready = asyncio.Event()
+            async with asyncio.TaskGroup() as tg:
+                cloud = tg.create_task(serve(settings, ready=ready))
+                await asyncio.wait_for(ready.wait(), 30)
+                gw = Gateway(site)
+                started = time.perf_counter()
+                gw_task = tg.create_task(gw.run())
+                await asyncio.wait_for(gw.started.wait(), 30)
+                while True:
+                    await asyncio.sleep(0.25)
+                    if (await gw.buffer.stats()).depth == 0:  # type: ignore[union-attr]
+                        break
+                elapsed = time.perf_counter() - started
+                gw_task.cancel()
+                cloud.cancel()
+            with contextlib.closing(sqlite3.connect(db)) as conn:
+                stored = conn.execute("SELECT COUNT(DISTINCT id) FROM events").fetchone()[0]
+                rows = conn.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+        rate = n / elapsed
+        print(f"broker: {broker_kind}")
+        print(f"end to end: {n:,} events in {elapsed:.1f} s = {rate:,.0f} events/s (goal >= {GOAL_RATE:,})")
+        print(
+            f"raw paho QoS 1, same batches, no store: {raw_rate:,.0f} events/s; ratio {rate / raw_rate:.2f}"
+        )
+        print(f"cloud store: {stored:,} distinct events, {rows:,} rows (must both be {n:,})")
+        if stored != n or rows != n:
+            raise SystemExit("drain lost or duplicated events")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--broker", choices=["embedded", "mosquitto"], default="embedded")
+    args = parser.parse_args()
+    configure_logging("ERROR")
+    if args.broker == "mosquitto" and not shutil.which("mosquitto"):
+        raise SystemExit("mosquitto is not installed")
+    asyncio.run(_run(args.events, args.broker))
+
+
+if __name__ == "__main__":
+    main()
