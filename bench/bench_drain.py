@@ -24,7 +24,7 @@ from pathlib import Path
 
 from edge.buffer import EventBuffer, EventDraft
 from edge.gateway import Gateway
-from protocol import EventBatch, Topics, new_id
+from protocol import EventBatch, new_id
 from protocol.models import Location, utcnow
 from steward.broker import EmbeddedBroker, free_port
 from steward.config import parse_site_config
@@ -92,13 +92,13 @@ async def _broker(kind: str, tmp: Path):  # type: ignore[no-untyped-def]
     conf.write_text(
         f"listener {port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\npersistence false\n"
     )
-    proc = subprocess.Popen(["mosquitto", "-c", str(conf)], stderr=subprocess.DEVNULL)
+    proc = await asyncio.create_subprocess_exec("mosquitto", "-c", str(conf), stderr=subprocess.DEVNULL)
     try:
         await asyncio.sleep(0.5)
         yield port
     finally:
         proc.terminate()
-        proc.wait(10)
+        await asyncio.wait_for(proc.wait(), 10)
 
 
 async def _run(n: int, broker_kind: str) -> None:
