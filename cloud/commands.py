@@ -114,10 +114,11 @@ class CommandService:
             raise NotFound(f"no command {command_id!r}")
         return row
 
-    async def wait(self, command_id: str, wait_s: float) -> CommandRow:
-        """The command now, or as soon as its status changes or becomes final, within ``wait_s``."""
+    async def wait(self, command_id: str, wait_s: float, seen: str | None = None) -> CommandRow:
+        """The command as soon as its status is final or differs from ``seen`` (default: its status
+        now), or as it is after ``wait_s`` seconds."""
         row = await self.get(command_id)
-        seen = row.status
+        seen = seen or row.status
         deadline = time.monotonic() + wait_s
         while not CommandStatus(row.status).final and row.status == seen:
             remaining = deadline - time.monotonic()

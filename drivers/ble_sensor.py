@@ -27,7 +27,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from drivers.base import Driver, Reading
-from drivers.bthome import MEASUREMENT_NAMES, UNITS, BTHomeError, parse_advertisement
+from drivers.bthome import BTHOME_SERVICE_UUID, MEASUREMENT_NAMES, UNITS, BTHomeError, parse_advertisement
 from drivers.transports.ble import Advertisement
 from steward.config import BleTransport
 
@@ -187,7 +187,7 @@ class BleSensorDriver(Driver):
                 return []
             self._last_packet_id = packet.packet_id
         else:
-            raw = next(iter(ad.service_data.values()), b"")
+            raw = ad.service_data.get(BTHOME_SERVICE_UUID, b"")
             now = time.monotonic()
             if raw == self._last_bytes and now - self._last_bytes_at < self.options.repeat_s:
                 self.duplicates += 1

@@ -220,13 +220,17 @@ class MqttDeviceChannel:
 
     async def request(self, action: str, args: dict[str, Any], timeout: float) -> dict[str, Any]:
         """Send a command, wait for its reply; return the reply's ``state``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         corr = uuid4().hex[:16]
-        fut: asyncio.Future[_Reply] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[_Reply] = loop.create_future()
         self._pending[corr] = fut
         body = json.dumps({"id": corr, "action": action, "args": args}).encode()
         try:
-            async with asyncio.timeout(timeout):
-                await self.client.publish(self.cmd_topic, body, qos=1, timeout=timeout)
+            # publish() has its own PUBACK timeout; it stays outside asyncio.timeout because Python
+            # 3.11's wait_for inside it can swallow the cancel asyncio.timeout relies on.
+            await self.client.publish(self.cmd_topic, body, qos=1, timeout=timeout)
+            async with asyncio.timeout_at(deadline):
                 await self._router.until(fut.done)
             reply = fut.result()
         except TimeoutError:

@@ -29,6 +29,8 @@ ReplayGuard = Callable[[str, datetime], Awaitable[bool]]
 # A guard returns a reason to refuse (e.g. fire linkage holding a door open), or None.
 Guard = Callable[[Command], str | None]
 Verifier = Callable[[Command], str | None]
+# Actions the gateway itself carries out rather than the device (e.g. confirming fire linkage release).
+LocalAction = Callable[[Command], Awaitable[dict[str, Any]]]
 
 log = structlog.get_logger("steward.commands")
 
@@ -53,6 +55,7 @@ class CommandHandler:
         remember: ReplayGuard,
         verify: Verifier | None = None,
         guards: list[Guard] | None = None,
+        local_actions: dict[str, LocalAction] | None = None,
         clock: Callable[[], datetime] = utcnow,
         action_timeout_s: float = 60.0,
     ) -> None:
@@ -62,6 +65,7 @@ class CommandHandler:
         self.remember = remember
         self.verify = verify
         self.guards = guards if guards is not None else []
+        self.local_actions = local_actions if local_actions is not None else {}
         self.clock = clock
         self.action_timeout_s = action_timeout_s
         self.stats = CommandStats()
@@ -99,7 +103,9 @@ class CommandHandler:
         bound.info("command.accepted")
         try:
             async with asyncio.timeout(self.action_timeout_s):
-                state = await driver.execute(cmd.action, validate_action(driver.kind, cmd.action, cmd.args))
+                local = self.local_actions.get(cmd.action)
+                args = validate_action(driver.kind, cmd.action, cmd.args)
+                state = await (local(cmd) if local else driver.execute(cmd.action, args))
         except DriverError as exc:
             self.stats.failed += 1
             bound.warning("command.failed", reason=exc.reason)

@@ -21,8 +21,11 @@ from pydantic import ValidationError
 from drivers.base import Driver, Reading
 from drivers.hub import TransportHub
 from drivers.registry import create_driver
+from edge.access import AccessControl
 from edge.buffer import EventBuffer, EventDraft
-from edge.commands import CommandHandler, Guard, Verifier
+from edge.commands import CommandHandler, Guard, LocalAction, Verifier
+from edge.credentials import CredentialStore, local_db_path
+from edge.linkage import FireLinkage
 from edge.supervisor import DeviceSupervisor
 from edge.uplink import Uplink
 from protocol import BatchAck, CommandResult, DeviceInfo, Event, GatewayStatus, Topics
@@ -82,6 +85,9 @@ class Gateway:
         self.log = log.bind(site=site.site_id, gateway=site.gateway_id)
         self.hooks: list[EventHook] = []
         self.guards: list[Guard] = []
+        self.local_actions: dict[str, LocalAction] = {}
+        self.linkage: FireLinkage | None = None
+        self.access: AccessControl | None = None
         self.verify = verify
         self.health_interval_s = health_interval_s
         self._ble_scanner = ble_scanner
@@ -126,18 +132,31 @@ class Gateway:
         self.buffer = buffer
         client = self.client = uplink_client(site)
         device_client = self._device_client()
+        if self._ble_scanner is None and any(d.transport.type == "ble" for d in site.devices):
+            from drivers.transports.ble import BleScanner
+
+            self._ble_scanner = BleScanner()
         hub = TransportHub(mqtt=device_client, ble=self._ble_scanner)
         try:
             await client.subscribe(self.topics.acks)
             await client.subscribe(self.topics.commands)
+            await client.subscribe(self.topics.credentials)
             client.start()
             if device_client is not None:
                 device_client.start()
-            if self._ble_scanner is not None and hasattr(self._ble_scanner, "start"):
-                await self._ble_scanner.start()
+            await self._start_ble()
             for dev in site.devices:
                 driver = create_driver(dev, hub, self._emitter(dev.id))
                 self.drivers[dev.id] = driver
+            # Linkage before access: access must know which doors fire linkage holds open. Either may
+            # be given ready-made (tests tune their timings).
+            if self.linkage is None:
+                self.linkage = FireLinkage(self, site.fire_linkage).attach()
+            if self.access is None:
+                credentials = await CredentialStore.open(local_db_path(site))
+                self.access = AccessControl(
+                    self, credentials, site.access, held=self.linkage.holding
+                ).attach()
             self.uplink = Uplink(buffer, client, self.topics, site.buffer)
             self.commands = CommandHandler(
                 gateway_id=site.gateway_id,
@@ -146,6 +165,7 @@ class Gateway:
                 remember=buffer.remember_command,
                 verify=self.verify,
                 guards=self.guards,
+                local_actions=self.local_actions,
             )
             for driver in self.drivers.values():
                 await driver.open()
@@ -157,10 +177,24 @@ class Gateway:
                 tg.create_task(self.uplink.run_resender(), name="uplink-resend")
                 tg.create_task(self._downlink(tg), name="downlink")
                 tg.create_task(self._status_loop(), name="status")
+                tg.create_task(self.linkage.run(), name="fire-linkage")
+                tg.create_task(self.access.run(), name="access")
                 self.started.set()
                 self.log.info("gateway.started")
         finally:
             await self._shutdown(client, device_client, hub, buffer)
+
+    async def _start_ble(self) -> None:
+        """Start the one BLE scanner if any device needs it; a missing adapter is an error, not a crash."""
+        if not any(d.transport.type == "ble" for d in self.site.devices):
+            return
+        from drivers.transports.ble import BleError
+
+        try:
+            await self._ble_scanner.start()
+        except BleError as exc:
+            # The rest of the building must keep running; BLE sensors stay silent and show offline.
+            self.log.error("ble.unavailable", error=str(exc))
 
     def _emitter(self, device_id: str) -> Callable[[Reading], Awaitable[None]]:
         async def emit(reading: Reading) -> None:
@@ -222,6 +256,12 @@ class Gateway:
                     self.log.warning("downlink.retained_command_ignored")
                     continue
                 tg.create_task(self.commands.handle(msg.payload), name="command")
+            elif msg.topic == self.topics.credentials and self.access is not None:
+                if msg.retain:
+                    self.malformed_downlink += 1
+                    self.log.warning("downlink.retained_credentials_ignored")
+                    continue
+                await self.access.handle_sync(msg.payload)
 
     async def _publish_result(self, result: CommandResult) -> None:
         assert self.client is not None

@@ -23,9 +23,14 @@ ACTIONS: dict[str, dict[str, type[BaseModel]]] = {
     "door_access": {"unlock": PulseArgs, "lock": NoArgs, "hold_unlocked": NoArgs, "release": NoArgs},
     "video_intercom": {"unlock": PulseArgs, "hangup": NoArgs},
     "smart_meter": {},
-    "fire_panel": {},
+    # Confirms the end of fire linkage; the gateway accepts it only once the panel is reset.
+    "fire_panel": {"release_linkage": NoArgs},
     "ble_sensor": {},
 }
+
+
+# Actions the gateway answers itself rather than the device: nothing for an installer to try on site.
+GATEWAY_ACTIONS = frozenset({"release_linkage"})
 
 
 class ActionNotAllowed(ValueError):

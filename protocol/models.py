@@ -60,7 +60,7 @@ class Severity(StrEnum):
     TELEMETRY = "telemetry"
 
 
-_SAFETY_TYPES = {"door.forced_open", "door.held_open", "gate.obstructed"}
+_SAFETY_TYPES = {"door.forced_open", "door.held_open", "door.relock_failed", "gate.obstructed"}
 _TELEMETRY_PREFIXES = ("meter.reading", "sensor.reading", "gateway.health")
 
 

@@ -18,8 +18,7 @@ Like BlueZ, a passive scan needs or-patterns and only hears advertisements match
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 from bleak.backends.characteristic import BleakGATTCharacteristic
@@ -38,6 +37,7 @@ __all__ = [
     "BleSensorSimulator",
     "FakePeripheral",
     "FakeRadio",
+    "fake_backend_for",
 ]
 
 
@@ -331,8 +331,19 @@ class BleSensorSimulator(Simulator):
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await asyncio.wait({task}, timeout=5)
 
     def state(self) -> dict[str, Any]:
         return {"address": self.address, "packet_id": self.packet_id, "sent": self.sent, **self.values}
+
+
+def fake_backend_for(sims: Mapping[str, Simulator]) -> type[BaseBleakScanner]:
+    """The scanner backend that hears the BLE simulators among ``sims`` (the demo's radio-less gateway).
+
+    All of them must share one radio; with none, the process-wide default air.
+    """
+    radios = {id(s.radio): s.radio for s in sims.values() if isinstance(s, BleSensorSimulator)}
+    if len(radios) > 1:
+        raise ValueError("BLE simulators on different fake radios cannot be heard by one scanner")
+    radio = next(iter(radios.values()), None) or FakeRadio.default()
+    return radio.scanner_backend

@@ -9,7 +9,6 @@ scripted faults (``refuse`` an action with an error, or go ``silent`` and never 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 from typing import Any
 from urllib.parse import urlparse
@@ -45,11 +44,13 @@ class MqttDeviceSimulator(Simulator):
         self.commands: list[dict[str, Any]] = []
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
+        self._stopping = False
 
     # ---- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
         if self._task is not None:
             return
+        self._stopping = False
         await self.client.connect()
         await self.client.subscribe(self.cmd_topic, qos=1)
         self._task = asyncio.create_task(self._serve(), name=f"sim-{self.device.id}")
@@ -58,9 +59,14 @@ class MqttDeviceSimulator(Simulator):
         task, self._task = self._task, None
         if task is None:
             return
+        # Python 3.11's wait_for (inside MqttClient.publish) can swallow a cancel that lands as the
+        # PUBACK arrives, so the loop also checks a flag; and we never wait for it forever.
+        self._stopping = True
+        self._wake.set()
         task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await asyncio.wait({task}, timeout=5)
+        if not task.done():
+            log.error("sim.stop_timeout", device=self.device.id)
         await self.client.disconnect()
 
     # ---- behaviour -------------------------------------------------------------------------
@@ -88,7 +94,7 @@ class MqttDeviceSimulator(Simulator):
 
     async def _serve(self) -> None:
         loop = asyncio.get_running_loop()
-        while True:
+        while not self._stopping:
             message: Message | None = None
             self._wake.clear()
             wake = asyncio.ensure_future(self._wake.wait())

@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 
+from steward.commission import commission_app
 from steward.config import ConfigError, load_site_config
 from steward.logging import configure_logging
 
@@ -29,6 +30,7 @@ app.add_typer(cloud_app, name="cloud")
 app.add_typer(sim_app, name="sim")
 app.add_typer(config_app, name="config")
 app.add_typer(broker_app, name="broker")
+app.add_typer(commission_app, name="commission", help="Installer commissioning: scan, probe, test, add.")
 
 ConfigPath = Annotated[Path, typer.Option("--config", "-c", help="Site configuration YAML")]
 LogLevel = Annotated[str, typer.Option("--log-level", help="DEBUG, INFO, WARNING, ERROR")]

@@ -177,6 +177,52 @@ class DeviceConfig(_Strict):
         return t.bus, f"address {t.address.upper()}"
 
 
+class FireLinkageRule(_Strict):
+    """When ``panel`` reports a fire alarm in one of ``zones``, release ``doors`` and raise ``gates``."""
+
+    panel: Ident = Field(description="Fire panel device id")
+    zones: list[int] | Literal["any"] = Field(default="any", description="Zone numbers, or any zone")
+    doors: list[Ident] = Field(default_factory=list, description="door_access devices to hold unlocked")
+    gates: list[Ident] = Field(default_factory=list, description="barrier_gate devices to hold open")
+
+    @model_validator(mode="after")
+    def _check(self) -> FireLinkageRule:
+        if not self.doors and not self.gates:
+            raise ValueError("a fire linkage rule must name at least one door or gate")
+        if self.zones != "any" and (not self.zones or any(z < 1 for z in self.zones)):
+            raise ValueError('zones must be zone numbers from 1, or "any"')
+        return self
+
+    def covers(self, panel: str, zone: int) -> bool:
+        return panel == self.panel and (self.zones == "any" or zone in self.zones)
+
+
+class AccessSettings(_Strict):
+    """How the gateway decides access on its own (edge/access.py)."""
+
+    pin_salt: SecretStr | None = Field(
+        default=None, description="Salt for PIN/visitor code digests, shared with the cloud; default site id"
+    )
+    unlock_s: float = Field(default=5.0, gt=0, le=300, description="How long a granted door stays released")
+    action_timeout_s: float = Field(default=20.0, gt=0, le=120, description="Unlock/open must finish within")
+
+
+def check_linkage_rules(rules: list[FireLinkageRule], kinds: dict[str, str]) -> list[str]:
+    """Cross-check rules against the site's devices (id -> kind); for SiteConfig validation."""
+    problems: list[str] = []
+    for i, rule in enumerate(rules):
+        where = f"fire_linkage[{i}]"
+        if kinds.get(rule.panel) != "fire_panel":
+            problems.append(f"{where}.panel: {rule.panel!r} is not a fire_panel device of this site")
+        for key, ids, want in (("doors", rule.doors, "door_access"), ("gates", rule.gates, "barrier_gate")):
+            problems.extend(
+                f"{where}.{key}: {dev!r} is not a {want} device of this site"
+                for dev in ids
+                if kinds.get(dev) != want
+            )
+    return problems
+
+
 class SiteConfig(_Strict):
     site_id: Ident
     site_name: str = Field(min_length=1)
@@ -188,6 +234,10 @@ class SiteConfig(_Strict):
     )
     buffer: BufferConfig = Field(default_factory=BufferConfig)
     devices: list[DeviceConfig] = Field(default_factory=list)
+    fire_linkage: list[FireLinkageRule] = Field(
+        default_factory=list, description="Which fire zones release which doors and raise which gates"
+    )
+    access: AccessSettings = Field(default_factory=AccessSettings)
 
     @model_validator(mode="after")
     def _unique(self) -> SiteConfig:
@@ -204,6 +254,9 @@ class SiteConfig(_Strict):
                     "each device needs its own address"
                 )
             seen[key] = d.id
+        problems = check_linkage_rules(self.fire_linkage, {d.id: d.kind for d in self.devices})
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
 
     def device(self, device_id: str) -> DeviceConfig:

@@ -112,9 +112,7 @@ def _ble_scanner(site: SiteConfig, sims: dict[str, Any]) -> Any:
     """The demo has no radio: BLE sensors advertise through bleak with the simulators' backend."""
     if not any(d.transport.type == "ble" for d in site.devices):
         return None
-    try:
-        from drivers.transports.ble import BleScanner
-        from simulators.ble_sensor import fake_backend_for
-    except ImportError:
-        return None
+    from drivers.transports.ble import BleScanner
+    from simulators.ble_sensor import fake_backend_for
+
     return BleScanner(backend=fake_backend_for(sims))

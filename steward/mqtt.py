@@ -215,8 +215,10 @@ class MqttClient:
             if info.is_published():
                 return
             self._state.pending[info.mid] = fut
+        # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that races the result.
         try:
-            await asyncio.wait_for(fut, timeout)
+            async with asyncio.timeout(timeout):
+                await fut
         except TimeoutError:
             raise MqttPublishError(f"no PUBACK for {topic} within {timeout}s") from None
         finally:
@@ -234,7 +236,8 @@ class MqttClient:
                 raise MqttError(f"subscribe {topic_filter}: {paho.error_string(rc)}")
             self._state.subacks[mid] = fut
         try:
-            await asyncio.wait_for(fut, timeout)
+            async with asyncio.timeout(timeout):
+                await fut
         except TimeoutError:
             raise MqttError(f"no SUBACK for {topic_filter} within {timeout}s") from None
         finally:

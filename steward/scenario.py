@@ -156,8 +156,36 @@ async def play(
             sims[panel].alarm(1)
             ok = await _until(lambda: cloud_has("fire.alarm", panel), 10)
             out.check("fire alarm reached the operations centre", ok)
-            sims[panel].restore(1)
-            sims[panel].reset()
+            rule = next((r for r in site.fire_linkage if r.panel == panel), None)
+            if rule is not None:
+                await _until(lambda: cloud_has("fire.linkage_activated", panel), 10)
+                for door_id in rule.doors:
+                    held = await _until(lambda d=door_id: _async(_door_released(sims[d])), 5)
+                    out.check(f"fire linkage released door {door_id} for evacuation", held)
+                for gate_id in rule.gates:
+                    raised = await _until(lambda g=gate_id: _async(sims[g].state()["state"] == "open"), 10)
+                    out.check(f"fire linkage raised gate {gate_id} for fire engines", raised)
+                if rule.gates:
+                    say("08:52  An operator tries to close a gate during the alarm; the gateway refuses.")
+                    res = await command(rule.gates[0], "close", "operator mistake")
+                    out.check(
+                        "closing a gate during a fire alarm is refused",
+                        res["status"] == "rejected",
+                        f"{res['status']}: {res.get('result_reason') or res.get('reason')}",
+                    )
+                say("09:05  The fire brigade clears the alarm; the panel is reset and an operator confirms.")
+                sims[panel].restore(1)
+                sims[panel].reset()
+                await asyncio.sleep(1.0)  # a few panel polls, so the gateway sees the reset
+                res = await command(panel, "release_linkage", "alarm cleared by the fire brigade")
+                out.check(
+                    "operator released fire linkage after the panel reset", res["status"] == "succeeded"
+                )
+                ok = await _until(lambda: cloud_has("fire.linkage_released", panel), 10)
+                out.check("fire linkage release recorded in the cloud", ok)
+            else:
+                sims[panel].restore(1)
+                sims[panel].reset()
 
         await asyncio.sleep(0.5)
         stats = await gateway.buffer.stats()
@@ -171,6 +199,15 @@ async def play(
     say("  events recorded at the gateway: " + ", ".join(f"{t} {n}" for t, n in sorted(out.recorded.items())))
     say(f"\n{'All checks passed.' if out.passed else 'Some checks FAILED.'}")
     return 0 if out.passed else 1
+
+
+async def _async(value: bool) -> bool:
+    return value
+
+
+def _door_released(sim: Any) -> bool:
+    state = sim.state()
+    return bool(state.get("lock") == "unlocked" or state.get("released"))
 
 
 async def _drained(gateway: Any) -> bool:

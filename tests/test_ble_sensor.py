@@ -14,7 +14,7 @@ from drivers.ble_sensor import BleSensorDriver, BleSensorOptions, Threshold, Thr
 from drivers.bthome import BTHOME_SERVICE_UUID
 from drivers.hub import TransportHub
 from drivers.transports.ble import BleError, BleScanner
-from simulators.ble_sensor import BleSensorSimulator, FakeRadio
+from simulators.ble_sensor import BleSensorSimulator, FakeRadio, fake_backend_for
 from simulators.door_access_mqtt import DoorControllerSimulator
 from simulators.intercom import IntercomSimulator
 from simulators.push import create_push_simulator
@@ -259,3 +259,14 @@ def test_create_push_simulator_picks_by_kind() -> None:
     assert ble.radio is FakeRadio.default()
     with pytest.raises(LookupError, match="barrier_gate"):
         create_push_simulator(site.device("gate-1"), site)
+
+
+async def test_demo_backend_hears_the_site_simulators() -> None:
+    radio = FakeRadio()
+    sim = BleSensorSimulator(ble_device(), radio)
+    got: list[str] = []
+    async with BleScanner(backend=fake_backend_for({"env-1": sim})) as scanner:
+        scanner.register(ADDRESS, lambda ad: got.append(ad.address))
+        sim.advertise_now()
+    assert got == [ADDRESS]
+    assert fake_backend_for({}) is FakeRadio.default().scanner_backend

@@ -33,8 +33,14 @@ async def get_command(
     command_id: str,
     services: ServicesDep,
     wait: Annotated[float, Query(ge=0, le=60, description="Long-poll: seconds to wait for a change")] = 0,
+    seen: Annotated[
+        str | None,
+        Query(description="The status the caller already has; a change is a status other than this"),
+    ] = None,
 ) -> dict[str, Any]:
-    row = await services.commands.wait(command_id, wait) if wait else await services.commands.get(command_id)
+    if not wait:
+        return command_json(await services.commands.get(command_id))
+    row = await services.commands.wait(command_id, wait, seen=seen)
     return command_json(row)
 
 

@@ -43,10 +43,14 @@ async def test_open_gate_accepted_then_succeeded(broker_port: int, sqlite_url: s
             "agent-7",
         )
         await gw.answer(wire, CommandStatus.ACCEPTED)
-        accepted = (await cloud.http.get(f"/api/v1/commands/{cmd['id']}", params={"wait": 5})).json()
+        accepted = (
+            await cloud.http.get(f"/api/v1/commands/{cmd['id']}", params={"wait": 5, "seen": "sent"})
+        ).json()
         assert accepted["status"] == "accepted"
         await gw.answer(wire, CommandStatus.SUCCEEDED, gate="open")
-        done = (await cloud.http.get(f"/api/v1/commands/{cmd['id']}", params={"wait": 5})).json()
+        done = (
+            await cloud.http.get(f"/api/v1/commands/{cmd['id']}", params={"wait": 5, "seen": "accepted"})
+        ).json()
         assert (done["status"], done["final"], done["result_state"]) == ("succeeded", True, {"gate": "open"})
         # A late duplicate never moves a final command backwards.
         await gw.answer(wire, CommandStatus.ACCEPTED)

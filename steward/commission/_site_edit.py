@@ -1,0 +1,136 @@
+"""Append a device to a site config without disturbing what the installer (or anyone) wrote.
+
+The file is parsed with ruamel.yaml's round-trip loader; the new entry is rendered in the file's
+style (flow-style transport and location, as in ``config/demo-site.yaml``) and inserted as text
+after the last device, so every other byte of the file (comments, wrapped lines, quoting) stays as
+it was. A file without a ``devices`` list falls back to a whole ruamel round trip, which also keeps
+comments. Either way the result is validated with the same loader the gateway uses before the
+file is replaced (atomically), so a duplicate id or a shared address is refused with its message.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.error import YAMLError
+
+from steward.config import ConfigError, SiteConfig, parse_site_config
+
+__all__ = ["add_device", "render_device"]
+
+_FLOW_KEYS = ("transport", "location")
+
+
+def _yaml() -> YAML:
+    y = YAML()
+    y.preserve_quotes = True
+    y.width = 4096
+    y.indent(mapping=2, sequence=4, offset=2)
+    return y
+
+
+def _commented(device: dict[str, Any]) -> CommentedMap:
+    out = CommentedMap()
+    for key, value in device.items():
+        if isinstance(value, dict):
+            inner = CommentedMap(value)
+            if key in _FLOW_KEYS:
+                inner.fa.set_flow_style()
+            out[key] = inner
+        else:
+            out[key] = value
+    return out
+
+
+def render_device(device: dict[str, Any], indent: int) -> str:
+    """The device as one YAML sequence item whose dash is at column ``indent``."""
+    y = YAML()
+    y.width = 4096
+    y.indent(mapping=2, sequence=2, offset=0)
+    buf = io.StringIO()
+    y.dump(CommentedSeq([_commented(device)]), buf)
+    return "".join(" " * indent + line if line.strip() else line for line in buf.getvalue().splitlines(True))
+
+
+def _splice(text: str, data: CommentedMap, device: dict[str, Any]) -> str | None:
+    """Insert the rendered device after the last one, or None if the layout is not one we can splice."""
+    devices = data.get("devices")
+    if not isinstance(devices, CommentedSeq) or not devices or devices.fa.flow_style():
+        return None
+    keys = list(data.keys())
+    lines = text.splitlines(True)
+    after = keys.index("devices") + 1
+    end = data.lc.key(keys[after])[0] if after < len(keys) else len(lines)
+    # Step back over blank lines and comments that belong to the next key (or trail the file).
+    while end > 0 and (not lines[end - 1].strip() or lines[end - 1].lstrip().startswith("#")):
+        end -= 1
+    _, column = devices.lc.item(0)
+    dash = max(column - 2, 0)
+    if end and not lines[end - 1].endswith("\n"):
+        lines[end - 1] += "\n"
+    new = render_device(device, dash)
+    return "".join([*lines[:end], new, *lines[end:]])
+
+
+def _validate(text: str, source: str) -> SiteConfig:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:  # pragma: no cover - we rendered it ourselves
+        raise ConfigError(f"{source}: the edited file is not valid YAML ({exc})") from None
+    return parse_site_config(data, source)
+
+
+def add_device(path: Path, device: dict[str, Any]) -> SiteConfig:
+    """Append ``device`` to the config at ``path``; ConfigError (loader's message) if it does not fit."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read it ({exc.strerror})") from None
+    y = _yaml()
+    try:
+        data = y.load(text)
+    except YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, CommentedMap):
+        raise ConfigError(f"{path}: expected a mapping of settings at the top level")
+    # The file as it is must load: refuse to add to a broken config (fix that first).
+    _validate(text, str(path))
+
+    new_text = _splice(text, data, device)
+    if new_text is not None:
+        check = yaml.safe_load(new_text)
+        if not isinstance(check, dict) or (check.get("devices") or [None])[-1] != device:
+            new_text = None  # an unusual layout: let ruamel write the whole file instead
+    if new_text is None:
+        devices = data.get("devices")
+        if not isinstance(devices, list):
+            devices = data["devices"] = CommentedSeq()
+        devices.append(_commented(device))
+        buf = io.StringIO()
+        y.dump(data, buf)
+        new_text = buf.getvalue()
+    site = _validate(new_text, str(path))
+    _write_atomic(path, new_text)
+    return site
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        if path.exists():
+            os.chmod(tmp, path.stat().st_mode & 0o777)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
