@@ -19,6 +19,7 @@ from cloud.api.deps import Services
 from cloud.commands import CommandService
 from cloud.db import make_engine, make_sessions, upgrade
 from cloud.errors import install_error_handlers
+from cloud.features import load_features
 from cloud.hub import Hub
 from cloud.ingest import Ingest
 from cloud.metrics import Metrics
@@ -30,6 +31,8 @@ log = structlog.get_logger("steward.cloud")
 
 
 def create_app(settings: CloudSettings) -> FastAPI:
+    features = load_features()
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = make_engine(settings)
@@ -47,12 +50,21 @@ def create_app(settings: CloudSettings) -> FastAPI:
             hub, metrics = Hub(), Metrics()
             commands = CommandService(settings, sessions, mqtt, hub, metrics)
             ingest = Ingest(settings, sessions, mqtt, hub, metrics)
-            app.state.services = Services(settings, sessions, hub, metrics, commands, ingest)
+            services = Services(settings, sessions, hub, metrics, commands, ingest)
+            app.state.services = services
+            for feature in features:
+                if hasattr(feature, "setup"):
+                    feature.setup(services)
             try:
                 async with asyncio.TaskGroup() as tg:
                     loops = [
                         tg.create_task(ingest.run(), name="cloud-ingest"),
                         tg.create_task(commands.run_sweeper(), name="cloud-sweeper"),
+                    ]
+                    loops += [
+                        tg.create_task(f.run(services), name=f.__name__)
+                        for f in features
+                        if hasattr(f, "run")
                     ]
                     log.info(
                         "cloud.started",
@@ -82,4 +94,7 @@ def create_app(settings: CloudSettings) -> FastAPI:
     for router in (commands_api.router, events_api.router, registry_api.router, stream_api.router):
         app.include_router(router, prefix=API_PREFIX)
     app.include_router(metrics_api.router)
+    for feature in features:
+        if hasattr(feature, "install"):
+            feature.install(app)
     return app

@@ -59,8 +59,11 @@ def alembic_config(connection: Connection | None = None) -> Config:
     return cfg
 
 
-async def upgrade(engine: AsyncEngine, settings: CloudSettings, revision: str = "head") -> None:
-    """``alembic upgrade head`` on the app's own engine (async, via ``run_sync``)."""
+async def upgrade(engine: AsyncEngine, settings: CloudSettings, revision: str = "heads") -> None:
+    """``alembic upgrade heads`` on the app's own engine (async, via ``run_sync``).
+
+    ``heads``: each cloud feature keeps its own migration branch off the initial schema.
+    """
     if settings.is_postgres and settings.database_schema:
         from sqlalchemy import text
 

@@ -38,6 +38,10 @@ class Hub:
             for waiter in self._command_waiters.pop(data["id"], set()):
                 waiter.set()
 
+    @property
+    def has_subscribers(self) -> bool:
+        return bool(self._subscribers)
+
     @contextlib.asynccontextmanager
     async def subscribe(self) -> AsyncIterator[Subscriber]:
         sub = Subscriber(asyncio.Queue(maxsize=self.queue_size))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
@@ -21,7 +22,7 @@ from cloud.hub import Hub
 from cloud.metrics import Metrics
 from cloud.schemas import EventOut, command_json
 from cloud.settings import CloudSettings
-from protocol.models import BatchAck, CommandResult, EventBatch, GatewayStatus, event_severity, utcnow
+from protocol.models import BatchAck, CommandResult, Event, EventBatch, GatewayStatus, event_severity, utcnow
 from protocol.topics import PROTOCOL_SEGMENT, Topics
 from steward.mqtt import Message, MqttClient, MqttError
 
@@ -47,6 +48,10 @@ def uplink_filters(settings: CloudSettings) -> list[str]:
     return [f"{share}/{base}/events", f"{share}/{base}/results", f"{base}/status"]
 
 
+EventListener = Callable[[EventBatch, list[Event]], Awaitable[None]]
+KindHandler = Callable[[Topics, bytes], Awaitable[None]]
+
+
 class Ingest:
     def __init__(
         self,
@@ -62,6 +67,10 @@ class Ingest:
         self.hub = hub
         self.metrics = metrics
         self.ready = asyncio.Event()
+        # Extension points for cloud features: called after a batch is committed and acknowledged,
+        # with the events that were new; and handlers for further uplink kinds (e.g. "sync").
+        self.listeners: list[EventListener] = []
+        self.handlers: dict[str, KindHandler] = {}
         self.log = log.bind(
             client=settings.client_id, broker=f"{settings.broker_host}:{settings.broker_port}"
         )
@@ -106,6 +115,8 @@ class Ingest:
                 await self._result(topics, message.payload)
             elif kind == "status":
                 await self._status(topics, message.payload)
+            elif kind in self.handlers:
+                await self.handlers[kind](topics, message.payload)
             else:
                 raise Rejected("unknown_kind", f"unknown uplink kind {kind!r}")
         except Rejected as exc:
@@ -169,6 +180,14 @@ class Ingest:
         bound.debug("ingest.batch_stored", stored=outcome.stored, duplicates=outcome.duplicates)
         if abs(outcome.clock_skew_s) > self.settings.max_clock_skew_s:
             bound.warning("ingest.gateway_clock_skew", skew_s=round(outcome.clock_skew_s, 1))
+        for listener in self.listeners:
+            try:
+                await listener(batch, outcome.new_events)
+            except Exception:
+                # Stored and acknowledged already; a failing feature must not stop ingest.
+                self.log.exception("ingest.listener_failed", listener=getattr(listener, "__name__", "?"))
+        if not self.hub.has_subscribers:
+            return  # nobody is watching the live stream: skip building what nobody reads
         for event in outcome.new_events:
             self.hub.publish(
                 "event",

@@ -113,8 +113,12 @@ async def gateway_in_process(site: Any) -> AsyncIterator[Any]:
         yield gw
     finally:
         task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        done, _ = await asyncio.wait({task}, timeout=30)
+        if not done:
+            # A gateway that ignores cancellation would hang shutdown: show who is stuck.
+            for t in asyncio.all_tasks():
+                t.print_stack(limit=8)
+            raise AssertionError("gateway did not stop within 30 s of being cancelled")
 
 
 async def test_broker_restarted_mid_drain(tmp_path: Path) -> None:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from typing import Annotated
+from dataclasses import dataclass, field
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -24,6 +24,8 @@ class Services:
     metrics: Metrics
     commands: CommandService
     ingest: Ingest
+    # What cloud features (cloud/features.py) set up for themselves, by feature name.
+    extras: dict[str, Any] = field(default_factory=dict)
 
 
 def get_services(request: Request) -> Services:
