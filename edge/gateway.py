@@ -14,6 +14,7 @@ import resource
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import urlparse
 
 import structlog
 from pydantic import ValidationError
@@ -28,6 +29,7 @@ from edge.credentials import CredentialStore, local_db_path
 from edge.linkage import FireLinkage
 from edge.supervisor import DeviceSupervisor
 from edge.uplink import Uplink
+from edge.verify import make_verifier
 from protocol import BatchAck, CommandResult, DeviceInfo, Event, GatewayStatus, Topics
 from protocol.models import utcnow
 from steward import __version__
@@ -88,7 +90,8 @@ class Gateway:
         self.local_actions: dict[str, LocalAction] = {}
         self.linkage: FireLinkage | None = None
         self.access: AccessControl | None = None
-        self.verify = verify
+        # Without an explicit verifier, commands must carry the cloud's signature when a key is configured.
+        self.verify = verify or make_verifier(site.uplink.command_public_key, site_id=site.site_id)
         self.health_interval_s = health_interval_s
         self._ble_scanner = ble_scanner
         self.started = asyncio.Event()
@@ -205,13 +208,20 @@ class Gateway:
     def _device_client(self) -> MqttClient | None:
         if not any(d.transport.type == "mqtt" for d in self.site.devices):
             return None
-        url = self.site.device_broker_url or self.site.uplink.broker_url
-        from urllib.parse import urlparse
-
-        u = urlparse(url)
-        return MqttClient(
-            u.hostname or "127.0.0.1", u.port or 1883, client_id=f"steward-dev-{self.site.gateway_id}"
-        )
+        up = self.site.uplink
+        client_id = f"steward-dev-{self.site.gateway_id}"
+        if self.site.device_broker_url is None:
+            # Devices share the uplink broker (small sites, the demo): same account, its own client id.
+            return MqttClient(
+                up.host,
+                up.port,
+                client_id=client_id,
+                username=up.username,
+                password=up.password.get_secret_value() if up.password else None,
+                tls=_tls(self.site),
+            )
+        u = urlparse(self.site.device_broker_url)
+        return MqttClient(u.hostname or "127.0.0.1", u.port or 1883, client_id=client_id)
 
     async def _shutdown(
         self, client: MqttClient, device_client: MqttClient | None, hub: TransportHub, buffer: EventBuffer

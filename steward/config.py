@@ -72,6 +72,18 @@ class UplinkConfig(_Strict):
             raise ValueError("broker_url must look like mqtt://host:1883 or mqtts://host:8883")
         return value
 
+    @field_validator("command_public_key")
+    @classmethod
+    def _key(cls, value: str | None) -> str | None:
+        if value:
+            from protocol.signing import KeyFormatError, load_public_key
+
+            try:
+                load_public_key(value)
+            except KeyFormatError as exc:
+                raise ValueError(f"not an Ed25519 public key: {exc}") from None
+        return value
+
     @property
     def host(self) -> str:
         return urlparse(self.broker_url).hostname or "127.0.0.1"

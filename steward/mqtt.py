@@ -141,6 +141,7 @@ class MqttClient:
         self.dropped = 0
         self.reconnects = 0
         self._closing = False
+        self._refused = asyncio.Event()
 
     # ---- lifecycle -------------------------------------------------------------------------
     async def __aenter__(self) -> MqttClient:
@@ -166,9 +167,22 @@ class MqttClient:
 
     async def connect(self, timeout: float = 10.0) -> None:
         """Connect and wait until the broker has accepted us (MqttConnectError otherwise)."""
+        self._refused.clear()
         self.start()
         try:
-            await asyncio.wait_for(self._connected.wait(), timeout)
+            # Whichever comes first: accepted, refused (bad credentials: no point waiting), or the timeout.
+            async with asyncio.timeout(timeout):
+                connected = asyncio.ensure_future(self._connected.wait())
+                refused = asyncio.ensure_future(self._refused.wait())
+                try:
+                    await asyncio.wait({connected, refused}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    connected.cancel()
+                    refused.cancel()
+            if not self._connected.is_set():
+                rc = self._connect_rc
+                await self.disconnect()
+                raise MqttConnectError(f"MQTT broker {self.host}:{self.port} refused the connection: {rc}")
         except TimeoutError:
             rc = self._connect_rc
             await self.disconnect()
@@ -225,6 +239,7 @@ class MqttClient:
             self._state.pending.pop(info.mid, None)
 
     async def subscribe(self, topic_filter: str, qos: int = 1, timeout: float = 10.0) -> None:
+        """Subscribe and wait for the SUBACK; MqttError if the broker refuses (e.g. its ACL)."""
         self._subscriptions[topic_filter] = qos
         if not self.is_connected:
             return  # renewed by _on_connect
@@ -240,6 +255,9 @@ class MqttClient:
                 await fut
         except TimeoutError:
             raise MqttError(f"no SUBACK for {topic_filter} within {timeout}s") from None
+        except MqttError:
+            self._subscriptions.pop(topic_filter, None)  # refused: do not ask again on every reconnect
+            raise
         finally:
             self._state.subacks.pop(mid, None)
 
@@ -269,6 +287,7 @@ class MqttClient:
         if rc.is_failure:
             self._connect_rc = rc
             log.warning("mqtt.connect_refused", broker=f"{self.host}:{self.port}", reason=str(rc))
+            self._call(self._refused.set)
             return
         for topic, qos in list(self._subscriptions.items()):
             client.subscribe(topic, qos)
@@ -310,7 +329,16 @@ class MqttClient:
     def _on_subscribe(
         self, client: paho.Client, userdata: Any, mid: int, rcs: Any, props: Any = None
     ) -> None:
-        self._call(self._resolve, self._state.subacks, mid)
+        refused = [str(rc) for rc in rcs if getattr(rc, "is_failure", False)]
+        if refused:
+            self._call(self._reject, self._state.subacks, mid, MqttError(f"subscription refused: {refused}"))
+        else:
+            self._call(self._resolve, self._state.subacks, mid)
+
+    def _reject(self, table: dict[int, asyncio.Future[None]], mid: int, exc: Exception) -> None:
+        fut = table.get(mid)
+        if fut is not None and not fut.done():
+            fut.set_exception(exc)
 
     def _resolve(self, table: dict[int, asyncio.Future[None]], mid: int) -> None:
         # on_publish may arrive before publish() stored the future only if the lock was not held;
