@@ -28,7 +28,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from drivers.base import Driver, Reading
-from drivers.door_access import (
+from drivers.transports.mqtt import (
     MAX_PAYLOAD,
     MqttDeviceChannel,
     PayloadCounter,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Literal
 
-from drivers.door_access import encode_wiegand
+from drivers.wiegand import build_wiegand
 from simulators.push import MqttDeviceSimulator
 from steward.config import DeviceConfig
 
@@ -45,7 +45,7 @@ class DoorControllerSimulator(MqttDeviceSimulator):
     async def present_card(
         self, number: int, *, facility: int = 0, reader: str = "entry", length: Literal[26, 34] = 26
     ) -> None:
-        bits = encode_wiegand(facility, number, length)
+        bits = format(build_wiegand(facility, number, length), f"0{length}b")
         await self.publish_event(
             {
                 "event": "card",

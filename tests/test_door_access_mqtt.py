@@ -8,9 +8,14 @@ import time
 import pytest
 
 from drivers.base import ActionFailed, DeviceUnreachable
-from drivers.door_access import MqttDoorDriver, WiegandError, decode_wiegand, encode_wiegand
+from drivers.door_access import MqttDoorDriver, decode_wiegand
+from drivers.wiegand import WiegandError, build_wiegand
 from simulators.door_access_mqtt import DoorControllerSimulator
 from tests.push_fixtures import EventLog, listening, mqtt_device, mqtt_hub, settle
+
+
+def encode_wiegand(facility: int, card: int, length: int = 26) -> str:
+    return format(build_wiegand(facility, card, length), f"0{length}b")
 
 
 # ---- Wiegand (pure) --------------------------------------------------------------------------------
@@ -31,7 +36,7 @@ def test_wiegand_parity_and_length_errors() -> None:
     flipped = good[:5] + ("0" if good[5] == "1" else "1") + good[6:]
     with pytest.raises(WiegandError, match="parity"):
         decode_wiegand(flipped)
-    with pytest.raises(WiegandError, match="only 26 and 34"):
+    with pytest.raises(WiegandError, match="30-bit Wiegand is not supported"):
         decode_wiegand("1" * 30)
 
 
