@@ -2,7 +2,8 @@
 gateway, track the result; a sweeper expires what did not finish in time.
 
 Status only moves forward: pending -> sent -> accepted -> succeeded | failed | rejected | expired.
-Every transition appends a row to ``command_audit``.
+Every transition appends a row to ``command_audit``. Every command is signed (Ed25519, the key in
+``command_signing_key_file``) just before it is published; ``issued_by`` is the authenticated caller.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from cloud import store
+from cloud.auth.keys import load_command_signing_key
 from cloud.errors import ActionNotAllowed, BrokerUnavailable, NotFound
 from cloud.hub import Hub
 from cloud.metrics import Metrics
@@ -26,6 +28,7 @@ from cloud.tables import CommandAudit, CommandRow, Device, Gateway
 from protocol import actions
 from protocol.ids import new_id
 from protocol.models import Command, CommandStatus, utcnow
+from protocol.signing import sign_command
 from protocol.topics import Topics
 from steward.mqtt import MqttClient, MqttError
 
@@ -46,8 +49,10 @@ class CommandService:
         self.mqtt = mqtt
         self.hub = hub
         self.metrics = metrics
+        self.signing_key = load_command_signing_key(settings)  # created on first start if missing
 
-    async def issue(self, device_id: str, request: CommandRequest) -> CommandRow:
+    async def issue(self, device_id: str, request: CommandRequest, *, issued_by: str) -> CommandRow:
+        """``issued_by``: the authenticated user; ``request.issued_by`` is ignored."""
         now = utcnow()
         async with self.sessions() as session, session.begin():
             device = await session.get(Device, device_id)
@@ -67,7 +72,7 @@ class CommandService:
                 args=args,
                 status=CommandStatus.PENDING.value,
                 reason=request.reason or None,
-                issued_by=request.issued_by,
+                issued_by=issued_by,
                 issued_at=now,
                 expires_at=now + timedelta(seconds=expires_in),
                 updated_at=now,
@@ -75,7 +80,7 @@ class CommandService:
             session.add(cmd)
             await store.audit(session, cmd, CommandStatus.PENDING.value, request.reason or None, now)
         bound = log.bind(command=cmd.id, device=cmd.device_id, gateway=cmd.gateway_id, action=cmd.action)
-        wire = Command(
+        unsigned = Command(
             id=cmd.id,
             site_id=cmd.site_id,
             gateway_id=cmd.gateway_id,
@@ -86,6 +91,7 @@ class CommandService:
             expires_at=cmd.expires_at,
             issued_by=cmd.issued_by,
         )
+        wire = sign_command(unsigned, self.signing_key)
         topic = Topics(self.settings.topic_prefix, cmd.site_id, cmd.gateway_id).commands
         try:
             await self.mqtt.publish(topic, wire.to_bytes(), qos=1, retain=False, timeout=5)

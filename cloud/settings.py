@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
@@ -49,6 +50,31 @@ class CloudSettings(BaseModel):
     sweep_interval_s: float = Field(default=1.0, gt=0, le=60)
     max_payload_bytes: int = Field(default=1024 * 1024, ge=1024)
     run_migrations: bool = Field(default=True, description="alembic upgrade head at start-up")
+    # -- accounts, tokens, command signing, gateway registration (cloud/auth) --
+    command_signing_key_file: Path | None = Field(
+        default=None,
+        description="Ed25519 private key (PEM) the cloud signs commands with; created 0600 on first start "
+        "if missing. Default: command-signing.pem next to the SQLite database, else var/",
+    )
+    command_signing_key_password: SecretStr | None = Field(
+        default=None, description="Passphrase of the signing key file, if it is encrypted"
+    )
+    broker_accounts_file: Path | None = Field(
+        default=None,
+        description="BrokerAccounts JSON (hashes only) that gateway registration maintains and "
+        "`steward cloud broker-config` renders for Mosquitto. Default: broker-accounts.json next to "
+        "the SQLite database, else var/",
+    )
+    access_token_ttl_s: float = Field(
+        default=3600, gt=0, le=7 * 86400, description="Lifetime of a login (session) token"
+    )
+    login_max_failures: int = Field(
+        default=5, ge=1, description="Failed logins per username within login_window_s before 429"
+    )
+    login_max_failures_per_ip: int = Field(
+        default=20, ge=1, description="Failed logins per client IP within login_window_s before 429"
+    )
+    login_window_s: float = Field(default=300, gt=0, description="Window (and lock-out) for login_max_*")
 
     @model_validator(mode="after")
     def _check(self) -> CloudSettings:
@@ -63,6 +89,15 @@ class CloudSettings(BaseModel):
     @property
     def is_postgres(self) -> bool:
         return self.database_url.startswith("postgresql")
+
+    @property
+    def state_dir(self) -> Path:
+        """Where the cloud keeps files beside its database: the SQLite file's directory, else ``var``."""
+        if not self.is_postgres:
+            path = self.database_url.split("///", 1)[-1]
+            if path and path != ":memory:":
+                return Path(path).parent
+        return Path("var")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> CloudSettings:

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -25,11 +25,13 @@ cloud_app = typer.Typer(no_args_is_help=True, help="The cloud service for the op
 sim_app = typer.Typer(no_args_is_help=True, help="Device simulators, for trying Steward without hardware.")
 config_app = typer.Typer(no_args_is_help=True, help="Site configuration files.")
 broker_app = typer.Typer(no_args_is_help=True, help="The embedded MQTT broker.")
+keys_app = typer.Typer(no_args_is_help=True, help="Command signing keys.")
 app.add_typer(edge_app, name="edge")
 app.add_typer(cloud_app, name="cloud")
 app.add_typer(sim_app, name="sim")
 app.add_typer(config_app, name="config")
 app.add_typer(broker_app, name="broker")
+app.add_typer(keys_app, name="keys")
 app.add_typer(commission_app, name="commission", help="Installer commissioning: scan, probe, test, add.")
 
 ConfigPath = Annotated[Path, typer.Option("--config", "-c", help="Site configuration YAML")]
@@ -91,8 +93,130 @@ def cloud_run(
         overrides.update(broker_host=host or "127.0.0.1", broker_port=int(p))
     if port is not None:
         overrides["http_port"] = port
-    settings = CloudSettings.from_env(overrides=overrides)
+    settings = CloudSettings.from_env(None, **overrides)
     _run(serve(settings))
+
+
+DatabaseUrl = Annotated[
+    str | None,
+    typer.Option(help="sqlite+aiosqlite:///… or postgresql+asyncpg://… (else STEWARD_CLOUD_DATABASE_URL)"),
+]
+
+
+def _cloud_settings(**overrides: Any):  # type: ignore[no-untyped-def]
+    from cloud.settings import CloudSettings, SettingsError
+
+    try:
+        return CloudSettings.from_env(None, **{k: v for k, v in overrides.items() if v is not None})
+    except SettingsError as exc:
+        typer.secho(str(exc), fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+
+
+@cloud_app.command("create-admin")
+def cloud_create_admin(
+    username: Annotated[str, typer.Option(help="Login name")] = "admin",
+    password: Annotated[
+        str | None, typer.Option(help="At least 12 characters; default: generate one and print it")
+    ] = None,
+    reset: Annotated[bool, typer.Option("--reset", help="Reset an existing account to admin")] = False,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Create an admin account in the cloud database (migrating it first), so you can log in."""
+    from cloud.auth import create_user
+    from cloud.auth.errors import Conflict
+    from cloud.auth.passwords import MIN_PASSWORD_LENGTH
+
+    if password is not None and len(password) < MIN_PASSWORD_LENGTH:
+        typer.secho(f"--password must be at least {MIN_PASSWORD_LENGTH} characters", fg="red", err=True)
+        raise typer.Exit(2)
+    settings = _cloud_settings(database_url=database_url)
+    try:
+        chosen = asyncio.run(create_user(settings, username, password, replace=reset))
+    except Conflict:
+        typer.secho(f"user {username!r} exists; pass --reset to reset it", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"admin {username.strip().lower()!r} {'reset' if reset else 'created'}")
+    if password is None:
+        typer.echo(f"password: {chosen}")
+        typer.echo("(shown once; log in with POST /api/v1/auth/login)")
+
+
+@cloud_app.command("broker-config")
+def cloud_broker_config(
+    *,
+    out: Annotated[Path, typer.Option(help="Directory for passwd, acl and mosquitto.conf")],
+    port: Annotated[int, typer.Option(help="Mosquitto listener port")] = 8883,
+    bind: Annotated[str | None, typer.Option(help="Listener bind address")] = None,
+    ca_file: Annotated[Path | None, typer.Option(help="TLS: CA certificate")] = None,
+    cert_file: Annotated[Path | None, typer.Option(help="TLS: broker certificate")] = None,
+    key_file: Annotated[Path | None, typer.Option(help="TLS: broker key")] = None,
+    require_certificate: Annotated[bool, typer.Option(help="TLS: clients must show a certificate")] = False,
+    rotate_cloud: Annotated[
+        bool, typer.Option("--rotate-cloud", help="New password for the cloud's broker account (printed)")
+    ] = False,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Write Mosquitto files for every registered gateway plus the cloud's account (from the broker
+    accounts file gateway registration keeps); then `kill -HUP` Mosquitto."""
+    from cloud.auth.registration import accounts_path, cloud_username, registered_gateways, update_accounts
+    from cloud.auth.registration import sync_cloud_account as sync
+    from steward.broker_auth import BrokerAccounts, provision
+    from steward.mosquitto import ServerTls, write_broker_config
+
+    tls_files = (ca_file, cert_file, key_file)
+    if any(tls_files) and not all(tls_files):
+        typer.secho("TLS needs --ca-file, --cert-file and --key-file together", fg="red", err=True)
+        raise typer.Exit(2)
+    settings = _cloud_settings(database_url=database_url)
+    cloud = cloud_username(settings)
+
+    def change(existing: BrokerAccounts | None) -> tuple[BrokerAccounts, str | None]:
+        prov = provision(
+            registered_gateways(existing),
+            cloud_username=cloud,
+            topic_prefix=settings.topic_prefix,
+            existing=sync(existing, settings),
+            rotate=[cloud] if rotate_cloud else [],
+        )
+        return prov.accounts, prov.passwords.get(cloud)
+
+    new_cloud_password = update_accounts(settings, change)
+    accounts = BrokerAccounts.load(accounts_path(settings))
+    tls = (
+        ServerTls(ca_file, cert_file, key_file, require_certificate=require_certificate)  # type: ignore[arg-type]
+        if ca_file
+        else None
+    )
+    files = write_broker_config(accounts, out, port=port, bind_address=bind, tls=tls)
+    gateways = registered_gateways(accounts)
+    typer.echo(f"{files.conf}, {files.password_file}, {files.acl_file}: cloud + {len(gateways)} gateway(s)")
+    for site_id, gateway_id in gateways:
+        typer.echo(f"  {gateway_id}@{site_id}")
+    if new_cloud_password is not None:
+        typer.echo(f"cloud broker account {cloud!r} password: {new_cloud_password}")
+        typer.echo("(shown once: set STEWARD_CLOUD_BROKER_USERNAME / STEWARD_CLOUD_BROKER_PASSWORD)")
+    elif settings.broker_password is None:
+        typer.echo(f"cloud broker account {cloud!r}: password unchanged (--rotate-cloud to set a new one)")
+    typer.echo("Reload Mosquitto (kill -HUP) to apply.")
+
+
+@keys_app.command("generate")
+def keys_generate(
+    out: Annotated[Path, typer.Option(help="Where to write the Ed25519 private key (PEM, 0600)")],
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing key file")] = False,
+) -> None:
+    """Generate the cloud's command signing key; prints the public key for gateways' site files."""
+    from protocol.signing import generate_private_key, public_key_b64, save_private_key
+
+    if out.exists() and not force:
+        typer.secho(f"{out} exists; --force overwrites it (gateways need the new key)", fg="red", err=True)
+        raise typer.Exit(1)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    key = generate_private_key()
+    save_private_key(key, out)
+    typer.echo(f"private key: {out} (point STEWARD_CLOUD_COMMAND_SIGNING_KEY_FILE at it)")
+    typer.echo(f"public key (uplink.command_public_key): {public_key_b64(key)}")
 
 
 @broker_app.command("run")

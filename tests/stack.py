@@ -1,4 +1,6 @@
-"""A whole Steward on real sockets for end-to-end tests: broker, cloud, simulators, one gateway."""
+"""A whole Steward on real sockets for end-to-end tests: broker, cloud, simulators, one gateway.
+
+``Stack.http`` is logged in to the cloud as an admin (``Stack.admin_password``)."""
 
 from __future__ import annotations
 
@@ -36,6 +38,7 @@ class Stack:
     sims: dict[str, Any]
     gateway: Any
     cloud_settings: Any
+    admin_password: str = ""
 
     async def wait_for(
         self, path: str, check: Any = lambda r: r.status_code == 200, timeout: float = 10
@@ -55,6 +58,7 @@ class Stack:
 async def running_stack(
     tmp_path: Path, devices: list[dict[str, Any]], *, travel_time_s: float = 0.2, **site_extra: Any
 ) -> AsyncIterator[Stack]:
+    from cloud.auth import create_user
     from cloud.main import serve
     from cloud.settings import CloudSettings
     from edge.gateway import Gateway
@@ -79,9 +83,15 @@ async def running_stack(
                 async with asyncio.timeout(20):
                     await gateway.started.wait()
                 base = f"http://127.0.0.1:{settings.http_port}"
+                password = await create_user(settings, "admin", replace=True)
                 async with httpx.AsyncClient(base_url=base, timeout=15) as http:
+                    login = await http.post(
+                        "/api/v1/auth/login", json={"username": "admin", "password": password}
+                    )
+                    login.raise_for_status()
+                    http.headers["Authorization"] = f"Bearer {login.json()['access_token']}"
                     try:
-                        yield Stack(site, broker, http, sims, gateway, settings)
+                        yield Stack(site, broker, http, sims, gateway, settings, password)
                     finally:
                         gw.cancel()
                         with contextlib.suppress(asyncio.CancelledError):

@@ -1,4 +1,7 @@
-"""Commands: issue one to a device, read it (optionally long-polling), read its audit trail."""
+"""Commands: issue one to a device, read it (optionally long-polling), read its audit trail.
+
+Issuing needs the ``command`` permission at the device's site; reading needs ``read`` there.
+The command's ``issued_by`` is the authenticated user (a body's ``issued_by`` is ignored)."""
 
 from __future__ import annotations
 
@@ -6,11 +9,17 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, status
 
-from cloud.api.deps import ServicesDep
+from cloud.api.deps import ServicesDep, SessionDep
+from cloud.auth.deps import CurrentUser, require_site
+from cloud.auth.permissions import Permission
+from cloud.errors import NotFound
 from cloud.schemas import CommandAuditOut, CommandOut, CommandRequest, ErrorOut, command_json
+from cloud.tables import Device
 
 router = APIRouter(tags=["commands"])
 _ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorOut},
+    403: {"model": ErrorOut},
     404: {"model": ErrorOut},
     422: {"model": ErrorOut},
     503: {"model": ErrorOut},
@@ -23,14 +32,23 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     response_model=CommandOut,
     responses=_ERRORS,
 )
-async def issue_command(device_id: str, body: CommandRequest, services: ServicesDep) -> dict[str, Any]:
-    """Validate against the device kind's actions, store, publish to its gateway (QoS 1), answer 202."""
-    return command_json(await services.commands.issue(device_id, body))
+async def issue_command(
+    device_id: str, body: CommandRequest, user: CurrentUser, services: ServicesDep, session: SessionDep
+) -> dict[str, Any]:
+    """Validate against the device kind's actions, store, sign, publish to its gateway (QoS 1), answer
+    202."""
+    device = await session.get(Device, device_id)
+    if device is None:
+        raise NotFound(f"no device {device_id!r}")
+    require_site(user, device.site_id, Permission.COMMAND)
+    await session.close()  # issue() uses its own session; don't hold this one (SQLite: a write lock)
+    return command_json(await services.commands.issue(device_id, body, issued_by=user.username))
 
 
 @router.get("/commands/{command_id}", response_model=CommandOut, responses=_ERRORS)
 async def get_command(
     command_id: str,
+    user: CurrentUser,
     services: ServicesDep,
     wait: Annotated[float, Query(ge=0, le=60, description="Long-poll: seconds to wait for a change")] = 0,
     seen: Annotated[
@@ -38,13 +56,17 @@ async def get_command(
         Query(description="The status the caller already has; a change is a status other than this"),
     ] = None,
 ) -> dict[str, Any]:
+    row = await services.commands.get(command_id)
+    require_site(user, row.site_id, Permission.READ)
     if not wait:
-        return command_json(await services.commands.get(command_id))
+        return command_json(row)
     row = await services.commands.wait(command_id, wait, seen=seen)
     return command_json(row)
 
 
 @router.get("/commands/{command_id}/audit", response_model=list[CommandAuditOut], responses=_ERRORS)
-async def get_command_audit(command_id: str, services: ServicesDep) -> list[CommandAuditOut]:
-    await services.commands.get(command_id)
+async def get_command_audit(
+    command_id: str, user: CurrentUser, services: ServicesDep
+) -> list[CommandAuditOut]:
+    require_site(user, (await services.commands.get(command_id)).site_id, Permission.READ)
     return [CommandAuditOut.model_validate(r) for r in await services.commands.audit_trail(command_id)]

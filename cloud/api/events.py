@@ -1,4 +1,6 @@
-"""Stored events, newest first, with cursor paging; ordered by the device's sequence when one is given."""
+"""Stored events, newest first, with cursor paging; ordered by the device's sequence when one is given.
+
+Only events of the caller's sites are listed; asking for another site by ``site_id`` is a 403."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from fastapi import APIRouter, Query
 from sqlalchemy import and_, or_, select
 
 from cloud.api.deps import SessionDep
+from cloud.auth.deps import CurrentUser, require_site, site_clause
 from cloud.errors import CloudError
 from cloud.schemas import ErrorOut, EventOut, EventPage
 from cloud.tables import EventRow
@@ -33,9 +36,14 @@ def _decode(cursor: str) -> list[str]:
         raise BadCursor("cursor is not one this API returned") from None
 
 
-@router.get("/events", response_model=EventPage, responses={400: {"model": ErrorOut}})
+@router.get(
+    "/events",
+    response_model=EventPage,
+    responses={400: {"model": ErrorOut}, 401: {"model": ErrorOut}, 403: {"model": ErrorOut}},
+)
 async def list_events(
     *,
+    user: CurrentUser,
     session: SessionDep,
     device_id: str | None = None,
     type: Annotated[str | None, Query(max_length=64)] = None,
@@ -44,7 +52,9 @@ async def list_events(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     cursor: str | None = None,
 ) -> EventPage:
-    query = select(EventRow)
+    if site_id:
+        require_site(user, site_id)
+    query = select(EventRow).where(site_clause(user, EventRow.site_id))
     if device_id:
         query = query.where(EventRow.device_id == device_id)
     if type:

@@ -1,4 +1,6 @@
-"""Sites, gateways, devices (with live state) and device readings history."""
+"""Sites, gateways, devices (with live state) and device readings history.
+
+Lists show the caller's sites only (``site_id`` of another site: 403); a device of another site: 403."""
 
 from __future__ import annotations
 
@@ -10,11 +12,12 @@ from fastapi import APIRouter, Query
 from sqlalchemy import func, select
 
 from cloud.api.deps import SessionDep
+from cloud.auth.deps import CurrentUser, require_site, site_clause
 from cloud.errors import CloudError, NotFound
 from cloud.schemas import Bucket, DeviceOut, ErrorOut, GatewayOut, ReadingSeries, ReadingsOut, SiteOut
 from cloud.tables import Device, Gateway, Reading, Site
 
-router = APIRouter(tags=["registry"])
+router = APIRouter(tags=["registry"], responses={401: {"model": ErrorOut}, 403: {"model": ErrorOut}})
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
@@ -31,25 +34,33 @@ def parse_bucket(text: str) -> int:
 
 
 @router.get("/sites", response_model=list[SiteOut])
-async def list_sites(session: SessionDep) -> list[SiteOut]:
-    rows = await session.execute(select(Site).order_by(Site.id))
+async def list_sites(user: CurrentUser, session: SessionDep) -> list[SiteOut]:
+    rows = await session.execute(select(Site).where(site_clause(user, Site.id)).order_by(Site.id))
     return [SiteOut.model_validate(r) for r in rows.scalars()]
 
 
 @router.get("/gateways", response_model=list[GatewayOut])
-async def list_gateways(session: SessionDep, site_id: str | None = None) -> list[GatewayOut]:
-    query = select(Gateway).order_by(Gateway.site_id, Gateway.id)
+async def list_gateways(
+    user: CurrentUser, session: SessionDep, site_id: str | None = None
+) -> list[GatewayOut]:
+    query = select(Gateway).where(site_clause(user, Gateway.site_id)).order_by(Gateway.site_id, Gateway.id)
     if site_id:
+        require_site(user, site_id)
         query = query.where(Gateway.site_id == site_id)
     return [GatewayOut.model_validate(r) for r in (await session.execute(query)).scalars()]
 
 
 @router.get("/devices", response_model=list[DeviceOut])
 async def list_devices(
-    session: SessionDep, site_id: str | None = None, gateway_id: str | None = None, kind: str | None = None
+    user: CurrentUser,
+    session: SessionDep,
+    site_id: str | None = None,
+    gateway_id: str | None = None,
+    kind: str | None = None,
 ) -> list[DeviceOut]:
-    query = select(Device).order_by(Device.site_id, Device.id)
+    query = select(Device).where(site_clause(user, Device.site_id)).order_by(Device.site_id, Device.id)
     if site_id:
+        require_site(user, site_id)
         query = query.where(Device.site_id == site_id)
     if gateway_id:
         query = query.where(Device.gateway_id == gateway_id)
@@ -59,10 +70,11 @@ async def list_devices(
 
 
 @router.get("/devices/{device_id}", response_model=DeviceOut, responses={404: {"model": ErrorOut}})
-async def get_device(device_id: str, session: SessionDep) -> DeviceOut:
+async def get_device(device_id: str, user: CurrentUser, session: SessionDep) -> DeviceOut:
     row = await session.get(Device, device_id)
     if row is None:
         raise NotFound(f"no device {device_id!r}")
+    require_site(user, row.site_id)
     return DeviceOut.model_validate(row)
 
 
@@ -74,6 +86,7 @@ async def get_device(device_id: str, session: SessionDep) -> DeviceOut:
 async def get_readings(
     *,
     device_id: str,
+    user: CurrentUser,
     session: SessionDep,
     from_: Annotated[datetime | None, Query(alias="from")] = None,
     to: datetime | None = None,
@@ -81,8 +94,10 @@ async def get_readings(
     point: str | None = None,
 ) -> ReadingsOut:
     """Numeric history of a device's points (from meter/sensor readings), aggregated per time bucket."""
-    if await session.get(Device, device_id) is None:
+    device = await session.get(Device, device_id)
+    if device is None:
         raise NotFound(f"no device {device_id!r}")
+    require_site(user, device.site_id)
     size_ms = parse_bucket(bucket) * 1000
     for name, value in (("from", from_), ("to", to)):
         if value is not None and value.tzinfo is None:

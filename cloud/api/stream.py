@@ -1,16 +1,23 @@
-"""Server-sent events: stored events and command/gateway changes as they happen."""
+"""Server-sent events: stored events and command/gateway changes as they happen.
+
+A caller sees only messages of their sites. Browsers' ``EventSource`` cannot set headers, so this route
+also takes the token as ``?access_token=``; the stream ends when that token expires or is revoked
+(checked at every heartbeat)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 from collections.abc import AsyncIterator
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 
 from cloud.api.deps import ServicesDep
+from cloud.auth.deps import CurrentUser, auth_service, token_from
+from cloud.auth.permissions import Permission
+from cloud.tables import Gateway
 
 router = APIRouter(tags=["stream"])
 HEARTBEAT_S = 15.0
@@ -18,14 +25,34 @@ HEARTBEAT_S = 15.0
 
 @router.get("/stream", response_class=StreamingResponse)
 async def stream(
+    *,
+    request: Request,
+    user: CurrentUser,
     services: ServicesDep,
     kinds: Annotated[
         str, Query(description="Comma-separated: event, command, gateway")
     ] = "event,command,gateway",
     device_id: str | None = None,
+    access_token: Annotated[
+        str | None, Query(description="For EventSource, which cannot send Authorization")
+    ] = None,
 ) -> StreamingResponse:
     wanted = {k.strip() for k in kinds.split(",") if k.strip()}
     hub = services.hub
+    sites = user.sites_with(Permission.READ)
+    token = token_from(request.headers, request.url.path, request.scope.get("query_string", b""))
+    auth = auth_service(request.app)
+    gateway_sites: dict[str, str | None] = {}
+
+    async def site_of(data: dict[str, Any]) -> str | None:
+        if data.get("site_id"):
+            return str(data["site_id"])
+        gateway_id = str(data.get("id") or data.get("gateway_id") or "")
+        if gateway_id not in gateway_sites:
+            async with services.sessions() as session:
+                row = await session.get(Gateway, gateway_id)
+            gateway_sites[gateway_id] = row.site_id if row else None
+        return gateway_sites[gateway_id]
 
     async def body() -> AsyncIterator[str]:
         async with hub.subscribe() as sub:
@@ -34,11 +61,16 @@ async def stream(
                 try:
                     message = await asyncio.wait_for(sub.queue.get(), HEARTBEAT_S)
                 except TimeoutError:
+                    if await auth.authenticate(token) is None:
+                        yield 'event: end\ndata: {"reason": "token expired or revoked"}\n\n'
+                        return
                     yield ": ping\n\n"
                     continue
                 if message["kind"] not in wanted:
                     continue
                 if device_id and message["data"].get("device_id") not in (None, device_id):
+                    continue
+                if sites is not None and await site_of(message["data"]) not in sites:
                     continue
                 yield f"event: {message['kind']}\ndata: {json.dumps(message['data'])}\n\n"
 

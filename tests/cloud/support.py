@@ -1,19 +1,22 @@
-"""Real things for cloud tests: an embedded amqtt broker, the cloud on a real port, a fake gateway
-that speaks the wire protocol through steward.mqtt.MqttClient."""
+"""Real things for cloud tests: an embedded amqtt broker, the cloud on a real port (its ``http`` client
+logged in as an admin), a fake gateway that speaks the wire protocol through steward.mqtt.MqttClient."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import socket
+import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
 
 from cloud import CloudSettings, serve
+from cloud.auth import create_user
 from protocol import (
     BatchAck,
     Command,
@@ -74,19 +77,38 @@ def cloud_settings(broker_port: int, database_url: str, **extra: Any) -> CloudSe
         "client_id": f"cloud-{new_id()[-8:]}",
         "sweep_interval_s": 0.1,
     }
+    if database_url.startswith("postgresql"):
+        # No database file to sit beside: keep the signing key and broker accounts out of ./var.
+        state = Path(tempfile.mkdtemp(prefix="steward-cloud-"))
+        values["command_signing_key_file"] = state / "command-signing.pem"
+        values["broker_accounts_file"] = state / "broker-accounts.json"
     values.update(extra)
     return CloudSettings(**values)
+
+
+ADMIN = "admin"
+
+
+async def login(http: httpx.AsyncClient, username: str, password: str) -> str:
+    """Log in over HTTP; returns the bearer token."""
+    resp = await http.post("/api/v1/auth/login", json={"username": username, "password": password})
+    assert resp.status_code == 200, resp.text
+    token: str = resp.json()["access_token"]
+    return token
 
 
 @dataclass
 class RunningCloud:
     settings: CloudSettings
     http: httpx.AsyncClient
+    admin_password: str = ""
 
 
 @contextlib.asynccontextmanager
 async def running_cloud(settings: CloudSettings) -> AsyncIterator[RunningCloud]:
-    """The real service (uvicorn on a loopback port) until the block ends; then cancelled and awaited."""
+    """The real service (uvicorn on a loopback port) until the block ends; then cancelled and awaited.
+    ``http`` carries an admin's bearer token."""
+
     ready = asyncio.Event()
     task = asyncio.create_task(serve(settings, ready=ready), name=f"cloud-{settings.client_id}")
     try:
@@ -101,8 +123,10 @@ async def running_cloud(settings: CloudSettings) -> AsyncIterator[RunningCloud]:
         if not done:
             raise TimeoutError("cloud not ready within 20 s")
         base = f"http://{settings.http_host}:{settings.http_port}"
+        password = await create_user(settings, ADMIN, replace=True)
         async with httpx.AsyncClient(base_url=base, timeout=10) as http:
-            yield RunningCloud(settings, http)
+            http.headers["Authorization"] = f"Bearer {await login(http, ADMIN, password)}"
+            yield RunningCloud(settings, http, password)
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):

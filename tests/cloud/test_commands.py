@@ -35,13 +35,15 @@ async def test_open_gate_accepted_then_succeeded(broker_port: int, sqlite_url: s
         assert resp.status_code == 202, resp.text
         cmd = resp.json()
         assert (cmd["status"], cmd["action"], cmd["gateway_id"]) == ("sent", "open", "gw-1")
+        assert cmd["issued_by"] == "admin"  # the authenticated user, not the body's "agent-7"
         wire = await gw.next_command()
         assert (wire.id, wire.device_id, wire.action, wire.issued_by) == (
             cmd["id"],
             "gate-1",
             "open",
-            "agent-7",
+            "admin",
         )
+        assert wire.signature  # signed by the cloud
         await gw.answer(wire, CommandStatus.ACCEPTED)
         accepted = (
             await cloud.http.get(f"/api/v1/commands/{cmd['id']}", params={"wait": 5, "seen": "sent"})
@@ -58,7 +60,7 @@ async def test_open_gate_accepted_then_succeeded(broker_port: int, sqlite_url: s
             lambda: _audit_len(cloud, cmd["id"], 5),
         )
         assert [a["status"] for a in audit] == ["pending", "sent", "accepted", "succeeded", "accepted"]
-        assert (audit[0]["reason"], audit[0]["operator"]) == ("visitor at gate", "agent-7")
+        assert (audit[0]["reason"], audit[0]["operator"]) == ("visitor at gate", "admin")
         assert "ignored" in audit[-1]["reason"]
         final = (await cloud.http.get(f"/api/v1/commands/{cmd['id']}")).json()
         assert final["status"] == "succeeded"
