@@ -9,7 +9,10 @@ import asyncio
 from alembic import context
 from sqlalchemy import Connection
 
+from cloud.features import load_features
 from cloud.tables import Base
+
+load_features()  # feature tables join Base.metadata, so autogenerate does not drop them
 
 target_metadata = Base.metadata
 
