@@ -1,0 +1,139 @@
+// The live event feed: the newest stored events, then whatever the stream brings, filtered by estate,
+// device kind and severity.
+
+import { get } from "../api.js";
+import { clear, h, notify } from "../dom.js";
+import { eventWords, formatTime, locationText, t, word } from "../i18n.js";
+import { siteTz, store, subscribe } from "../store.js";
+
+const KINDS = ["barrier_gate", "door_access", "video_intercom", "smart_meter", "fire_panel", "ble_sensor"];
+const SEVERITIES = ["safety", "access", "state", "telemetry"];
+const SHOWN = 150;
+
+function detail(ev) {
+  const d = ev.data || {};
+  const bits = [];
+  if (d.zone !== undefined) bits.push(`zone ${d.zone}${d.zone_name ? ` (${d.zone_name})` : ""}`);
+  if (d.apartment) bits.push(`${t("intercom.apartment")} ${d.apartment}`);
+  if (d.reason) bits.push(String(d.reason));
+  if (d.card) bits.push(`card ${d.card}`);
+  return bits.join(" · ");
+}
+
+export function renderEvents(root, siteId) {
+  const filters = { site: siteId || "", kind: "", severity: "" };
+  let items = [];
+  const select = (id, label, options, current, onchange) =>
+    h(
+      "p",
+      { class: "field inline" },
+      h("label", { for: id }, label),
+      h(
+        "select",
+        { id, onchange: (e) => onchange(e.target.value) },
+        options.map(([v, text]) => h("option", { value: v, selected: v === current ? true : null }, text)),
+      ),
+    );
+  const body = h("tbody", {});
+  const empty = h("p", { class: "empty", hidden: true }, t("events.none"));
+  root.append(
+    h(
+      "section",
+      { class: "panel", "aria-labelledby": "events-title" },
+      h("h2", { id: "events-title" }, t("events.title")),
+      h(
+        "form",
+        { class: "filters", onsubmit: (e) => e.preventDefault() },
+        select(
+          "filter-site",
+          t("events.site"),
+          [["", t("events.all")], ...store.sites.map((s) => [s.id, s.name || s.id])],
+          filters.site,
+          (v) => {
+            filters.site = v;
+            load();
+          },
+        ),
+        select("filter-kind", t("events.kind"), [["", t("kind.all")], ...KINDS.map((k) => [k, t(`kind.${k}`)])], "", (v) => {
+          filters.kind = v;
+          draw();
+        }),
+        select("filter-severity", t("events.severity"), [["", t("events.all")], ...SEVERITIES.map((v) => [v, t(`sev.${v}`)])], "", (v) => {
+          filters.severity = v;
+          draw();
+        }),
+      ),
+      h(
+        "table",
+        { class: "events", id: "event-table" },
+        h(
+          "thead",
+          {},
+          h(
+            "tr",
+            {},
+            [t("events.time"), t("events.device"), t("events.what"), t("events.severity"), t("events.where")].map((c) =>
+              h("th", { scope: "col" }, c),
+            ),
+          ),
+        ),
+        body,
+      ),
+      empty,
+    ),
+  );
+
+  const matches = (ev) => {
+    if (filters.site && ev.site_id !== filters.site) return false;
+    if (filters.severity && ev.severity !== filters.severity) return false;
+    if (filters.kind) {
+      const dev = store.devices.get(ev.device_id);
+      if (!dev || dev.kind !== filters.kind) return false;
+    }
+    return true;
+  };
+  const row = (ev) => {
+    const { tz } = siteTz(ev.site_id);
+    const info = detail(ev);
+    return h(
+      "tr",
+      { class: `sev-${ev.severity}`, dataset: { type: ev.type, device: ev.device_id, severity: ev.severity } },
+      h("td", {}, h("time", { datetime: ev.ts }, formatTime(ev.ts, tz, true))),
+      h("td", {}, ev.device_id),
+      h("td", {}, eventWords(ev.type), info ? h("span", { class: "reason" }, ` — ${info}`) : null),
+      h("td", {}, h("span", { class: `sev sev-${ev.severity}` }, word("sev", ev.severity))),
+      h("td", {}, locationText(ev.location)),
+    );
+  };
+  const draw = () => {
+    clear(body);
+    const shown = items.filter(matches).slice(0, SHOWN);
+    empty.hidden = shown.length > 0;
+    for (const ev of shown) body.append(row(ev));
+  };
+  let generation = 0;
+  const load = async () => {
+    const mine = ++generation;
+    try {
+      const page = await get("/events", { site_id: filters.site, limit: 300 });
+      if (mine !== generation) return;
+      const seen = new Set(page.items.map((e) => e.id));
+      items = [...items.filter((e) => !seen.has(e.id) && matches(e)), ...page.items];
+      items.sort((a, b) => (a.id < b.id ? 1 : -1));
+      draw();
+    } catch (exc) {
+      notify(t("error.api", { status: exc.status, message: exc.message }), "error");
+    }
+  };
+  load();
+  return subscribe((what, ev) => {
+    if (what !== "event" || items.some((e) => e.id === ev.id)) return;
+    items.unshift(ev);
+    items.length = Math.min(items.length, 1000);
+    if (matches(ev)) {
+      body.prepend(row(ev));
+      empty.hidden = true;
+      while (body.children.length > SHOWN) body.lastChild.remove();
+    }
+  });
+}
