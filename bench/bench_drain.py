@@ -2,6 +2,9 @@
 
     python -m bench.bench_drain                      # 200,000 events through the embedded broker
     python -m bench.bench_drain --events 1000000 --broker mosquitto
+    python -m bench.bench_drain --postgres           # store in PostgreSQL 127.0.0.1:5432/test
+    python -m bench.bench_drain --cloud process      # analysis: the cloud in its own process
+    python -m bench.bench_drain --cloud trivial      # analysis: gateway + broker only (no store)
 
 Figures: end-to-end events/s (buffer -> MQTT -> cloud ingest -> SQLite commit -> ack -> buffer
 delete), and the same batches published raw with paho at QoS 1 through the same broker to a raw
@@ -14,17 +17,22 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import shutil
 import sqlite3
 import subprocess
+import sys
 import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
+
+import httpx
 
 from edge.buffer import EventBuffer, EventDraft
 from edge.gateway import Gateway
-from protocol import EventBatch, new_id
+from protocol import BatchAck, EventBatch, new_id
 from protocol.models import Location, utcnow
 from steward.broker import EmbeddedBroker, free_port
 from steward.config import parse_site_config
@@ -101,7 +109,65 @@ async def _broker(kind: str, tmp: Path):  # type: ignore[no-untyped-def]
         await asyncio.wait_for(proc.wait(), 10)
 
 
-async def _run(n: int, broker_kind: str) -> None:
+async def _trivial_acker(port: int, ready: asyncio.Event) -> None:
+    """Analysis only (``--cloud trivial``): acknowledge every batch at once without storing it, to
+    measure the gateway's side (buffer reads and deletes, uplink window) and the broker alone."""
+    async with MqttClient("127.0.0.1", port, client_id="trivial-acker") as client:
+        await client.subscribe("steward/+/+/+/up/events", qos=1)
+        ready.set()
+        async for msg in client.messages():
+            batch_id = json.loads(msg.payload)["batch_id"]
+            ack = BatchAck(batch_id=batch_id, stored=0, duplicates=0).to_bytes()
+            await client.publish(msg.topic.rsplit("/", 2)[0] + "/down/acks", ack, qos=1)
+
+
+async def _cloud_process(settings: Any, ready: asyncio.Event) -> None:
+    """Analysis (``--cloud process``): the same cloud service in its own Python process, as deployed —
+    the gateway, the embedded broker and the cloud no longer share one interpreter lock."""
+    code = (
+        "import asyncio, sys\n"
+        "from cloud.main import serve\n"
+        "from cloud.settings import CloudSettings\n"
+        "from steward.logging import configure_logging\n"
+        "configure_logging('ERROR')\n"
+        "asyncio.run(serve(CloudSettings.model_validate_json(sys.argv[1])))\n"
+    )
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", code, settings.model_dump_json())
+    try:
+        url = f"http://127.0.0.1:{settings.http_port}/metrics"
+        async with httpx.AsyncClient() as http:
+            for _ in range(300):
+                with contextlib.suppress(httpx.HTTPError):
+                    if (await http.get(url)).status_code == 200:
+                        break
+                await asyncio.sleep(0.1)
+        await asyncio.sleep(0.5)  # ingest subscribes right after the HTTP socket listens
+        ready.set()
+        await proc.wait()
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+            await asyncio.shield(proc.wait())
+
+
+async def _pg_counts(settings: Any) -> tuple[int, int]:
+    """Count the events in the run's PostgreSQL schema, then drop the schema."""
+    from sqlalchemy import text
+
+    from cloud.db import make_engine
+
+    engine = make_engine(settings)
+    try:
+        async with engine.begin() as conn:
+            stored = (await conn.execute(text("SELECT COUNT(DISTINCT id) FROM events"))).scalar_one()
+            rows = (await conn.execute(text("SELECT COUNT(*) FROM events"))).scalar_one()
+            await conn.execute(text(f'DROP SCHEMA "{settings.database_schema}" CASCADE'))
+    finally:
+        await engine.dispose()
+    return int(stored), int(rows)
+
+
+async def _run(n: int, broker_kind: str, cloud_kind: str = "full", pg_url: str | None = None) -> None:
     from cloud.main import serve
     from cloud.settings import CloudSettings
 
@@ -152,15 +218,25 @@ async def _run(n: int, broker_kind: str) -> None:
             raw_rate = await _raw_baseline(port, min(n, 200_000), sample)
 
             db = tmp / "cloud.db"
+            schema = f"bench_{new_id().lower()}"
             settings = CloudSettings(
-                database_url=f"sqlite+aiosqlite:///{db}",
+                **(
+                    {"database_url": pg_url, "database_schema": schema}
+                    if pg_url
+                    else {"database_url": f"sqlite+aiosqlite:///{db}"}
+                ),
                 broker_port=port,
                 http_port=free_port(),
                 client_id="cloud-bench",
             )
             ready = asyncio.Event()
             async with asyncio.TaskGroup() as tg:
-                cloud = tg.create_task(serve(settings, ready=ready))
+                if cloud_kind == "trivial":
+                    cloud = tg.create_task(_trivial_acker(port, ready))
+                elif cloud_kind == "process":
+                    cloud = tg.create_task(_cloud_process(settings, ready))
+                else:
+                    cloud = tg.create_task(serve(settings, ready=ready))
                 await asyncio.wait_for(ready.wait(), 30)
                 gw = Gateway(site)
                 started = time.perf_counter()
@@ -173,11 +249,16 @@ async def _run(n: int, broker_kind: str) -> None:
                 elapsed = time.perf_counter() - started
                 gw_task.cancel()
                 cloud.cancel()
-            with contextlib.closing(sqlite3.connect(db)) as conn:
-                stored = conn.execute("SELECT COUNT(DISTINCT id) FROM events").fetchone()[0]
-                rows = conn.execute("SELECT COUNT(*) FROM events").fetchone()[0]
+            if cloud_kind == "trivial":
+                stored = rows = n  # nothing is stored: this mode measures the gateway and broker only
+            elif pg_url:
+                stored, rows = await _pg_counts(settings)
+            else:
+                with contextlib.closing(sqlite3.connect(db)) as conn:
+                    stored = conn.execute("SELECT COUNT(DISTINCT id) FROM events").fetchone()[0]
+                    rows = conn.execute("SELECT COUNT(*) FROM events").fetchone()[0]
         rate = n / elapsed
-        print(f"broker: {broker_kind}")
+        print(f"broker: {broker_kind}; cloud: {cloud_kind}; store: {'postgresql' if pg_url else 'sqlite'}")
         print(f"end to end: {n:,} events in {elapsed:.1f} s = {rate:,.0f} events/s (goal >= {GOAL_RATE:,})")
         print(
             f"raw paho QoS 1, same batches, no store: {raw_rate:,.0f} events/s; ratio {rate / raw_rate:.2f}"
@@ -194,12 +275,26 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument(
+        "--postgres",
+        metavar="URL",
+        nargs="?",
+        const="postgresql+asyncpg://postgres@127.0.0.1:5432/test",
+        help="store in PostgreSQL (a fresh schema, dropped afterwards) instead of SQLite",
+    )
     parser.add_argument("--broker", choices=["embedded", "mosquitto"], default="embedded")
+    parser.add_argument(
+        "--cloud",
+        choices=["full", "process", "trivial"],
+        default="full",
+        help="full: the cloud in this process (the figure of record); process: the cloud in its own "
+        "process, as deployed; trivial: an acker that stores nothing (the gateway's and broker's ceiling)",
+    )
     args = parser.parse_args()
     configure_logging("ERROR")
     if args.broker == "mosquitto" and not shutil.which("mosquitto"):
         raise SystemExit("mosquitto is not installed")
-    asyncio.run(_run(args.events, args.broker))
+    asyncio.run(_run(args.events, args.broker, args.cloud, args.postgres))
 
 
 if __name__ == "__main__":

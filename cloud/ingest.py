@@ -3,6 +3,14 @@
 Per message: check size, topic and schema (a bad one is rejected, counted and logged with its gateway,
 and the loop carries on); store in ONE transaction; commit; only THEN acknowledge an event batch. A
 redelivered batch is stored once (insert-or-ignore on the event ULID) and acknowledged again.
+
+Two stages so a backlog drains at the store's speed, not one round trip per batch: a parse stage
+checks and validates the next messages while the store stage waits on the database, and the store
+stage commits the event batches that are already waiting together (group commit, at most
+``GROUP_MAX_BATCHES`` / ``GROUP_MAX_EVENTS``), then acknowledges each of them. Acks are handed to
+the MQTT client in order right after the commit; their PUBACK is awaited off the loop, never before
+the next transaction. Messages are stored in the order they arrived; results and status messages
+end a group, so nothing overtakes them.
 """
 
 from __future__ import annotations
@@ -10,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -27,6 +36,10 @@ from protocol.topics import PROTOCOL_SEGMENT, Topics
 from steward.mqtt import Message, MqttClient, MqttError
 
 log = structlog.get_logger("steward.cloud.ingest")
+
+GROUP_MAX_BATCHES = 16  # event batches committed in one transaction when they queue up
+GROUP_MAX_EVENTS = 8000
+PARSE_AHEAD = 32  # parsed messages waiting for the store stage
 
 
 class Rejected(Exception):
@@ -49,6 +62,25 @@ def uplink_filters(settings: CloudSettings) -> list[str]:
 
 
 EventListener = Callable[[EventBatch, list[Event]], Awaitable[None]]
+
+
+@dataclass(slots=True)
+class _Parsed:
+    """An event batch that passed every check, waiting for the store stage."""
+
+    topics: Topics
+    batch: EventBatch
+    started: float
+
+
+@dataclass(slots=True)
+class _Other:
+    """A results/status/extension message: handled whole, in order, by the store stage."""
+
+    message: Message
+    started: float
+
+
 KindHandler = Callable[[Topics, bytes], Awaitable[None]]
 
 
@@ -71,6 +103,7 @@ class Ingest:
         # with the events that were new; and handlers for further uplink kinds (e.g. "sync").
         self.listeners: list[EventListener] = []
         self.handlers: dict[str, KindHandler] = {}
+        self._acks_in_flight: set[asyncio.Task[None]] = set()
         self.log = log.bind(
             client=settings.client_id, broker=f"{settings.broker_host}:{settings.broker_port}"
         )
@@ -91,11 +124,107 @@ class Ingest:
                 delay = min(delay * 2, 10)
         self.log.info("ingest.subscribed", filters=uplink_filters(self.settings))
         self.ready.set()
-        async for message in self.mqtt.messages():
-            await self.handle(message)
+        queue: asyncio.Queue[_Parsed | _Other] = asyncio.Queue(maxsize=PARSE_AHEAD)
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._parse_stage(queue), name="cloud-ingest-parse")
+            await self._store_stage(queue)
 
-    async def handle(self, message: Message) -> None:
-        started = time.perf_counter()
+    async def _parse_stage(self, queue: asyncio.Queue[_Parsed | _Other]) -> None:
+        async for message in self.mqtt.messages():
+            item = self._classify(message, time.perf_counter())
+            if item is not None:
+                await queue.put(item)
+
+    def _classify(self, message: Message, started: float) -> _Parsed | _Other | None:
+        """Check topic and size, and parse an event batch; None when rejected (counted, logged)."""
+        gateway = "?"
+        try:
+            try:
+                topics, direction, kind = Topics.parse(self.settings.topic_prefix, message.topic)
+            except ValueError as exc:
+                raise Rejected("bad_topic", str(exc)) from None
+            gateway = topics.gateway_id
+            if direction != "up":
+                return None
+            if kind != "events":
+                return _Other(message, started)
+            if len(message.payload) > self.settings.max_payload_bytes:
+                raise Rejected(
+                    "too_large", f"{len(message.payload)} bytes > limit {self.settings.max_payload_bytes}"
+                )
+            return _Parsed(topics, self._parse(EventBatch, message.payload, topics), started)
+        except Rejected as exc:
+            self._rejected(exc, gateway, message.topic)
+        except Exception:
+            self.metrics.rejected["internal_error"] += 1
+            self.log.exception("ingest.unexpected_error", gateway=gateway, topic=message.topic)
+        return None
+
+    def _rejected(self, exc: Rejected, gateway: str, topic: str) -> None:
+        self.metrics.rejected[exc.reason] += 1
+        self.log.warning(
+            "ingest.rejected", gateway=gateway, topic=topic, reason=exc.reason, detail=exc.detail[:500]
+        )
+
+    async def _store_stage(self, queue: asyncio.Queue[_Parsed | _Other]) -> None:
+        held: _Parsed | _Other | None = None
+        while True:
+            item = held if held is not None else await queue.get()
+            held = None
+            if isinstance(item, _Other):
+                await self.handle(item.message, item.started)
+                continue
+            group, events = [item], len(item.batch.events)
+            while len(group) < GROUP_MAX_BATCHES and events < GROUP_MAX_EVENTS and not queue.empty():
+                more = queue.get_nowait()
+                if isinstance(more, _Other):
+                    held = more  # handled after this group: nothing overtakes it
+                    break
+                group.append(more)
+                events += len(more.batch.events)
+            await self._store_group(group)
+
+    async def _store_group(self, group: list[_Parsed]) -> None:
+        """Commit the group in one transaction, then ack each batch in order. If that transaction
+        fails, each batch gets its own, so one bad batch cannot hold back the others."""
+        try:
+            outcomes = await self._commit(group)
+        except Exception as exc:
+            if len(group) > 1:
+                self.log.warning(
+                    "ingest.group_failed_retrying_singly", batches=len(group), error=str(exc)[:200]
+                )
+                for item in group:
+                    await self._store_group([item])
+                return
+            self._store_failed(group[0], exc)
+            return
+        for item, outcome in zip(group, outcomes, strict=True):
+            await self._after_commit(item.topics, item.batch, outcome, item.started)
+
+    async def _commit(self, group: list[_Parsed]) -> list[store.BatchOutcome]:
+        now = utcnow()
+        async with self.sessions() as session, session.begin():
+            return [
+                await store.ingest_batch(session, item.batch, now, self.settings.max_clock_skew_s)
+                for item in group
+            ]
+
+    def _store_failed(self, item: _Parsed, exc: Exception) -> None:
+        gateway, topic = item.topics.gateway_id, item.topics.events
+        if isinstance(exc, SQLAlchemyError):
+            # Not acknowledged: the gateway resends and the store deduplicates.
+            self.metrics.store_errors += 1
+            self.log.error("ingest.store_failed", gateway=gateway, topic=topic, error=str(exc)[:500])
+        else:
+            self.metrics.rejected["internal_error"] += 1
+            self.log.error(
+                "ingest.unexpected_error", gateway=gateway, topic=topic, error=repr(exc)[:500], exc_info=exc
+            )
+
+    async def handle(self, message: Message, started: float | None = None) -> None:
+        """One message, start to finish (parse, store, commit, ack)."""
+        started = time.perf_counter() if started is None else started
         gateway = "?"
         try:
             try:
@@ -120,14 +249,7 @@ class Ingest:
             else:
                 raise Rejected("unknown_kind", f"unknown uplink kind {kind!r}")
         except Rejected as exc:
-            self.metrics.rejected[exc.reason] += 1
-            self.log.warning(
-                "ingest.rejected",
-                gateway=gateway,
-                topic=message.topic,
-                reason=exc.reason,
-                detail=exc.detail[:500],
-            )
+            self._rejected(exc, gateway, message.topic)
         except SQLAlchemyError as exc:
             # Not acknowledged: the gateway resends and the store deduplicates.
             self.metrics.store_errors += 1
@@ -164,22 +286,21 @@ class Ingest:
         batch: EventBatch = self._parse(EventBatch, payload, topics)
         async with self.sessions() as session, session.begin():
             outcome = await store.ingest_batch(session, batch, utcnow(), self.settings.max_clock_skew_s)
+        await self._after_commit(topics, batch, outcome, started)
+
+    async def _after_commit(
+        self, topics: Topics, batch: EventBatch, outcome: store.BatchOutcome, started: float
+    ) -> None:
         # Committed. Only now may the gateway forget these events.
         self.metrics.batches += 1
         self.metrics.events_stored += outcome.stored
         self.metrics.events_duplicate += outcome.duplicates
         ack = BatchAck(batch_id=batch.batch_id, stored=outcome.stored, duplicates=outcome.duplicates)
-        try:
-            await self.mqtt.publish(topics.acks, ack.to_bytes(), qos=1, timeout=10)
-            self.metrics.observe_ack(time.perf_counter() - started)
-        except MqttError as exc:
-            self.log.warning(
-                "ingest.ack_failed", gateway=topics.gateway_id, batch=batch.batch_id, error=str(exc)
-            )
-        bound = self.log.bind(gateway=topics.gateway_id, site=topics.site_id, batch=batch.batch_id)
-        bound.debug("ingest.batch_stored", stored=outcome.stored, duplicates=outcome.duplicates)
+        self._send_ack(topics, batch.batch_id, ack.to_bytes(), started)
+        where = {"gateway": topics.gateway_id, "site": topics.site_id, "batch": batch.batch_id}
+        self.log.debug("ingest.batch_stored", **where, stored=outcome.stored, duplicates=outcome.duplicates)
         if abs(outcome.clock_skew_s) > self.settings.max_clock_skew_s:
-            bound.warning("ingest.gateway_clock_skew", skew_s=round(outcome.clock_skew_s, 1))
+            self.log.warning("ingest.gateway_clock_skew", **where, skew_s=round(outcome.clock_skew_s, 1))
         for listener in self.listeners:
             try:
                 await listener(batch, outcome.new_events)
@@ -202,6 +323,23 @@ class Ingest:
                     }
                 ).model_dump(mode="json"),
             )
+
+    def _send_ack(self, topics: Topics, batch_id: str, payload: bytes, started: float) -> None:
+        """Hand the ack to the MQTT client now (in commit order) and await its PUBACK in a task: the
+        next transaction does not wait for the broker's round trip."""
+
+        async def publish() -> None:
+            try:
+                await self.mqtt.publish(topics.acks, payload, qos=1, timeout=10)
+                self.metrics.observe_ack(time.perf_counter() - started)
+            except MqttError as exc:
+                self.log.warning(
+                    "ingest.ack_failed", gateway=topics.gateway_id, batch=batch_id, error=str(exc)
+                )
+
+        task = asyncio.get_running_loop().create_task(publish())
+        self._acks_in_flight.add(task)
+        task.add_done_callback(self._acks_in_flight.discard)
 
     async def _result(self, topics: Topics, payload: bytes) -> None:
         result: CommandResult = self._parse(CommandResult, payload, topics)

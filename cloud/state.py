@@ -82,3 +82,24 @@ def numeric_points(data: dict[str, Any]) -> dict[str, float]:
             if isinstance(key, str) and 0 < len(key) <= 64:
                 out[key] = float(value)
     return out
+
+
+def merge_latest(state: dict[str, Any], latest: dict[str, tuple[Any, datetime]]) -> dict[str, Any]:
+    """A new state with each ``key -> (value, at)`` applied where ``at`` is not older than recorded.
+
+    Equivalent to folding :func:`merge_state` over a device's events in (ts, seq) order, one merge
+    per batch instead of one per event: per key, once an event overwrites the recorded value every
+    later one does too (its time is not older), so only the last event per key can decide — it wins
+    if its time is not older than what was recorded before the batch, and else so would none.
+    """
+    out = dict(state)
+    for key, (value, at) in latest.items():
+        current = out.get(key)
+        if isinstance(current, dict) and isinstance(current.get("at"), str):
+            try:
+                if datetime.fromisoformat(current["at"]) > at:
+                    continue
+            except ValueError:
+                pass
+        out[key] = {"value": value, "at": at.isoformat()}
+    return out

@@ -4,27 +4,42 @@ session and transaction; the caller commits. One code path for SQLite and Postgr
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from pydantic_core import to_json
+from sqlalchemy import select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from cloud.state import merge_state, numeric_points, state_updates
-from cloud.tables import CommandAudit, CommandRow, Device, EventRow, Gateway, Reading, Site
-from protocol.models import CommandResult, CommandStatus, Event, EventBatch, GatewayStatus, event_severity
+from cloud.state import merge_latest, numeric_points, state_updates
+from cloud.tables import CommandAudit, CommandRow, Device, Gateway, Site
+from protocol.models import (
+    CommandResult,
+    CommandStatus,
+    Event,
+    EventBatch,
+    GatewayStatus,
+    Location,
+    event_severity,
+)
 
-_CHUNK = 500  # rows per multi-row INSERT: 500 x 12 columns stays under SQLite's variable limit
+_READING_TYPES = ("meter.reading", "sensor.reading")
 _RANK = {CommandStatus.PENDING: 0, CommandStatus.SENT: 1, CommandStatus.ACCEPTED: 2}
 NON_FINAL = [s.value for s in CommandStatus if not s.final]
 
 
+def _dialect(session: AsyncSession) -> str:
+    bind = session.bind
+    assert bind is not None, "sessions are bound to the app's engine"
+    return bind.dialect.name
+
+
 def _insert(session: AsyncSession, table: Any) -> Any:
-    dialect = session.bind.dialect.name
-    return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
+    return (postgresql.insert if _dialect(session) == "postgresql" else sqlite.insert)(table)
 
 
 def rank(status: CommandStatus) -> int:
@@ -59,7 +74,15 @@ async def touch_gateway(
 async def ingest_batch(
     session: AsyncSession, batch: EventBatch, now: datetime, max_skew_s: float = 120.0
 ) -> BatchOutcome:
-    """Insert every event once (insert-or-ignore on the ULID) and apply the new ones to device state."""
+    """Insert every event once (insert-or-ignore on the ULID) and apply the new ones to device state.
+
+    The hot path of a backlog drain. Rows go to the driver as plain tuples in one statement per
+    batch (no per-row SQLAlchemy compilation or type processing): on SQLite the ids already stored
+    are read first — safe because every SQLite transaction here holds the write lock from
+    ``BEGIN IMMEDIATE`` (cloud/db.py) — and only the new rows are inserted with ``executemany``;
+    on PostgreSQL one ``INSERT ... SELECT FROM unnest(...) ON CONFLICT DO NOTHING RETURNING id``
+    answers which rows were new even with several cloud instances inserting concurrently.
+    """
     skew = (batch.sent_at - now).total_seconds()
     await touch_gateway(
         session,
@@ -70,33 +93,11 @@ async def ingest_batch(
         clock_skewed=abs(skew) > max_skew_s,
     )
     by_id = {e.id: e for e in batch.events}
-    inserted: set[str] = set()
-    rows = [
-        {
-            "id": e.id,
-            "site_id": batch.site_id,
-            "gateway_id": batch.gateway_id,
-            "seq": e.seq,
-            "device_id": e.device_id,
-            "type": e.type,
-            "severity": event_severity(e.type).value,
-            "ts": e.ts,
-            "received_at": e.received_at,
-            "stored_at": now,
-            "location": e.location.model_dump(exclude_none=True) if e.location else None,
-            "data": e.data,
-        }
-        for e in by_id.values()
-    ]
-    for start in range(0, len(rows), _CHUNK):
-        stmt = (
-            _insert(session, EventRow)
-            .values(rows[start : start + _CHUNK])
-            .on_conflict_do_nothing(index_elements=["id"])
-            .returning(EventRow.id)
-        )
-        inserted.update((await session.execute(stmt)).scalars())
-    new_events = sorted((by_id[i] for i in inserted), key=lambda e: (e.ts, e.seq))
+    if _dialect(session) == "postgresql":
+        inserted = await _insert_events_pg(session, batch, list(by_id.values()), now)
+    else:
+        inserted = await _insert_events_sqlite(session, batch, by_id, now)
+    new_events = sorted((by_id[i] for i in inserted), key=_event_order)
     await _apply_to_devices(session, batch, new_events, now)
     return BatchOutcome(
         stored=len(inserted),
@@ -106,59 +107,204 @@ async def ingest_batch(
     )
 
 
+def _event_order(e: Event) -> tuple[datetime, int]:
+    return (e.ts, e.seq)
+
+
+_SEVERITY: dict[str, str] = {}
+
+
+def _severity(event_type: str) -> str:
+    sev = _SEVERITY.get(event_type)
+    if sev is None:
+        sev = _SEVERITY[event_type] = event_severity(event_type).value
+        if len(_SEVERITY) > 10_000:  # event types are a small vocabulary; bound it anyway
+            _SEVERITY.clear()
+    return sev
+
+
+def _json(value: Any) -> str:
+    """Compact JSON through pydantic-core (several times faster than ``json.dumps``)."""
+    return to_json(value).decode()
+
+
+def _location_json(location: Location | None, cache: dict[Location, str]) -> str | None:
+    """The stored JSON of an event location (``exclude_none``), memoised per batch: most events of a
+    batch share a handful of locations."""
+    if location is None:
+        return None
+    text_ = cache.get(location)
+    if text_ is None:
+        text_ = cache[location] = _json(location.model_dump(exclude_none=True))
+    return text_
+
+
+def _sqlite_ts(value: datetime) -> str:
+    """What SQLAlchemy's SQLite DATETIME stores for :class:`cloud.tables.UTCDateTime`: naive UTC
+    text, always with microseconds (``2026-03-01 08:00:00.000000``)."""
+    if value.tzinfo is not UTC:
+        value = value.astimezone(UTC)
+    text_ = value.isoformat(" ")  # "YYYY-MM-DD HH:MM:SS[.ffffff]+00:00"
+    return text_[:26] if value.microsecond else f"{text_[:19]}.000000"
+
+
+_SQLITE_EXISTING = "SELECT id FROM events WHERE id IN (SELECT value FROM json_each(?))"
+_SQLITE_INSERT = (
+    "INSERT INTO events (id, site_id, gateway_id, seq, device_id, type, severity, ts, received_at,"
+    " stored_at, location, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+async def _insert_events_sqlite(
+    session: AsyncSession, batch: EventBatch, by_id: dict[str, Event], now: datetime
+) -> list[str]:
+    conn = await session.connection()
+    ids = list(by_id)
+    result = await conn.exec_driver_sql(_SQLITE_EXISTING, (json.dumps(ids),))
+    existing = {row[0] for row in result}
+    new_ids = [i for i in ids if i not in existing]
+    if not new_ids:
+        return []
+    site, gateway, stored_at = batch.site_id, batch.gateway_id, _sqlite_ts(now)
+    locations: dict[Location, str] = {}
+    rows = []
+    for i in new_ids:
+        e = by_id[i]
+        rows.append(
+            (
+                i,
+                site,
+                gateway,
+                e.seq,
+                e.device_id,
+                e.type,
+                _severity(e.type),
+                _sqlite_ts(e.ts),
+                _sqlite_ts(e.received_at),
+                stored_at,
+                _location_json(e.location, locations),
+                _json(e.data),
+            )
+        )
+    await conn.exec_driver_sql(_SQLITE_INSERT, rows)
+    return new_ids
+
+
+_PG_INSERT = text(
+    "INSERT INTO events (id, site_id, gateway_id, seq, device_id, type, severity, ts, received_at,"
+    " stored_at, location, data)"
+    " SELECT u.id, :site_id, :gateway_id, u.seq, u.device_id, u.type, u.severity, u.ts, u.received_at,"
+    " :stored_at, u.location, u.data"
+    " FROM unnest(CAST(:ids AS varchar[]), CAST(:seqs AS bigint[]), CAST(:devices AS varchar[]),"
+    " CAST(:types AS varchar[]), CAST(:severities AS varchar[]), CAST(:ts AS timestamptz[]),"
+    " CAST(:received AS timestamptz[]), CAST(:locations AS json[]), CAST(:data AS json[]))"
+    " AS u(id, seq, device_id, type, severity, ts, received_at, location, data)"
+    " ON CONFLICT (id) DO NOTHING RETURNING id"
+)
+
+
+async def _insert_events_pg(
+    session: AsyncSession, batch: EventBatch, events: list[Event], now: datetime
+) -> list[str]:
+    locations: dict[Location, str] = {}
+    result = await session.execute(
+        _PG_INSERT,
+        {
+            "site_id": batch.site_id,
+            "gateway_id": batch.gateway_id,
+            "stored_at": now,
+            "ids": [e.id for e in events],
+            "seqs": [e.seq for e in events],
+            "devices": [e.device_id for e in events],
+            "types": [e.type for e in events],
+            "severities": [_severity(e.type) for e in events],
+            "ts": [e.ts for e in events],
+            "received": [e.received_at for e in events],
+            "locations": [_location_json(e.location, locations) for e in events],
+            "data": [_json(e.data) for e in events],
+        },
+    )
+    return list(result.scalars())
+
+
+_DEVICE_STATE_SQLITE = "UPDATE devices SET state = ?, updated_at = ? WHERE id = ?"
+_DEVICE_STATE_PG = "UPDATE devices SET state = $1::json, updated_at = $2 WHERE id = $3"
+_READINGS_INSERT_SQLITE = (
+    "INSERT INTO readings (device_id, point, ts_ms, value) VALUES (?, ?, ?, ?)"
+    " ON CONFLICT (device_id, point, ts_ms) DO NOTHING"
+)
+_READINGS_INSERT_PG = (
+    "INSERT INTO readings (device_id, point, ts_ms, value) VALUES ($1, $2, $3, $4)"
+    " ON CONFLICT (device_id, point, ts_ms) DO NOTHING"
+)
+
+
 async def _apply_to_devices(
     session: AsyncSession, batch: EventBatch, events: list[Event], now: datetime
 ) -> None:
+    """One SELECT for the batch's devices, one UPDATE per device whose state changed, and every
+    reading of the batch in one ``executemany``. ``events`` are in (ts, seq) order."""
     if not events:
         return
     device_ids = sorted({e.device_id for e in events})
-    existing = {
-        d.id: d for d in (await session.execute(select(Device).where(Device.id.in_(device_ids)))).scalars()
+    # Columns, not ORM objects: always what the transaction sees now (several batches may share one
+    # transaction and session), and nothing for the unit of work to track.
+    states_now = select(Device.id, Device.state).where(Device.id.in_(device_ids))
+    existing: dict[str, dict[str, Any]] = {
+        i: state or {} for i, state in (await session.execute(states_now)).all()
     }
-    readings: list[dict[str, Any]] = []
-    for device_id in device_ids:
-        if device_id not in existing:
-            await session.execute(
-                _insert(session, Device)
-                .values(
-                    id=device_id,
-                    site_id=batch.site_id,
-                    gateway_id=batch.gateway_id,
-                    kind="unknown",
-                    model="",
-                    state={},
-                    online=True,
-                    updated_at=now,
-                )
-                .on_conflict_do_nothing(index_elements=["id"])
+    missing = [d for d in device_ids if d not in existing]
+    if missing:
+        await session.execute(
+            _insert(session, Device)
+            .values(
+                [
+                    {
+                        "id": device_id,
+                        "site_id": batch.site_id,
+                        "gateway_id": batch.gateway_id,
+                        "kind": "unknown",
+                        "model": "",
+                        "state": {},
+                        "online": True,
+                        "updated_at": now,
+                    }
+                    for device_id in missing
+                ]
             )
-    if len(existing) < len(device_ids):
-        existing = {
-            d.id: d
-            for d in (await session.execute(select(Device).where(Device.id.in_(device_ids)))).scalars()
-        }
-    states = {d.id: dict(d.state or {}) for d in existing.values()}
+            .on_conflict_do_nothing(index_elements=["id"])
+        )
+        existing = {i: state or {} for i, state in (await session.execute(states_now)).all()}
+    # Per device and state key, only the last event (in (ts, seq) order) can decide the merged value:
+    # see cloud.state.merge_latest.
+    latest: dict[str, dict[str, tuple[Any, datetime]]] = {}
+    readings: list[tuple[str, str, int, float]] = []
     for e in events:
         updates = state_updates(e.type, e.data)
-        if updates and e.device_id in states:
-            states[e.device_id] = merge_state(states[e.device_id], updates, e.ts)
-        if e.type.startswith(("meter.reading", "sensor.reading")):
-            ts_ms = int(e.ts.timestamp() * 1000)
-            readings += [
-                {"device_id": e.device_id, "point": p, "ts_ms": ts_ms, "value": v}
-                for p, v in numeric_points(e.data).items()
-            ]
-    for device_id, state in states.items():
-        if state != (existing[device_id].state or {}):
-            await session.execute(
-                update(Device).where(Device.id == device_id).values(state=state, updated_at=now)
-            )
-    for start in range(0, len(readings), _CHUNK):
-        await session.execute(
-            _insert(session, Reading)
-            .values(readings[start : start + _CHUNK])
-            .on_conflict_do_nothing(index_elements=["device_id", "point", "ts_ms"])
-        )
+        if updates:
+            per_device = latest.setdefault(e.device_id, {})
+            for key, value in updates.items():
+                per_device[key] = (value, e.ts)
+        if e.type.startswith(_READING_TYPES):
+            points = numeric_points(e.data)
+            if points:
+                ts_ms = int(e.ts.timestamp() * 1000)
+                device_id = e.device_id
+                readings += [(device_id, p, ts_ms, v) for p, v in points.items()]
+    pg = _dialect(session) == "postgresql"
+    changed = []
+    for device_id, updates in latest.items():
+        before = existing.get(device_id)
+        if before is None:
+            continue
+        state = merge_latest(before, updates)
+        if state != before:
+            changed.append((json.dumps(state), now if pg else _sqlite_ts(now), device_id))
+    conn = await session.connection()
+    if changed:  # one executemany for every device of the batch
+        await conn.exec_driver_sql(_DEVICE_STATE_PG if pg else _DEVICE_STATE_SQLITE, changed)
+    if readings:
+        await conn.exec_driver_sql(_READINGS_INSERT_PG if pg else _READINGS_INSERT_SQLITE, readings)
 
 
 async def apply_status(session: AsyncSession, status: GatewayStatus, now: datetime) -> None:
@@ -227,9 +373,7 @@ async def audit(
 
 async def apply_result(session: AsyncSession, result: CommandResult, now: datetime) -> CommandRow | None:
     """Move a command forward; a final state never changes. Returns the row if its status changed."""
-    cmd = await session.get(
-        CommandRow, result.command_id, with_for_update=session.bind.dialect.name != "sqlite"
-    )
+    cmd = await session.get(CommandRow, result.command_id, with_for_update=_dialect(session) != "sqlite")
     if cmd is None or cmd.gateway_id != result.gateway_id:
         return None
     current = CommandStatus(cmd.status)
