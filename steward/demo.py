@@ -37,22 +37,31 @@ def _cloud_settings(site: SiteConfig, http_port: int) -> Any:
     )
 
 
-def _banner(site: SiteConfig, http_port: int) -> None:
+def _banner(site: SiteConfig, http_port: int, credentials: tuple[str, str]) -> None:
     gate = next((d for d in site.devices if d.kind == "barrier_gate"), None)
     base = f"http://127.0.0.1:{http_port}"
+    username, password = credentials
     _say("")
     _say(f"Steward demo — estate '{site.site_name}' ({site.site_id}), gateway {site.gateway_id}")
     _say(
         f"  {len(site.devices)} simulated devices; MQTT broker {site.uplink.broker_url}; "
         f"cloud API {base}/api/v1"
     )
+    _say(f"  Operator console (运营中心控制台): {base}/console/")
+    _say(f"  Log in as {username!r}, password {password!r} (new every run):")
+    _say(
+        f"    TOKEN=$(curl -s -X POST {base}/api/v1/auth/login -H 'content-type: application/json' "
+        f'-d \'{{"username": "{username}", "password": "{password}"}}\' '
+        "| python3 -c 'import json,sys; print(json.load(sys.stdin)[\"access_token\"])')"
+    )
     if gate is not None:
         _say("  Open a gate from the operations centre (开闸):")
         _say(
             f"    curl -s -X POST {base}/api/v1/devices/{gate.id}/commands "
-            "-H 'content-type: application/json' -d '{\"action\": \"open\"}'"
+            "-H \"Authorization: Bearer $TOKEN\" -H 'content-type: application/json' "
+            '-d \'{"action": "open"}\''
         )
-    _say(f"  See what happened: curl -s '{base}/api/v1/events?limit=20'")
+    _say(f"  See what happened: curl -s -H \"Authorization: Bearer $TOKEN\" '{base}/api/v1/events?limit=20'")
     _say(f"  API docs: {base}/docs     Stop: Ctrl-C")
     _say("")
 
@@ -88,6 +97,9 @@ async def run_demo(site: SiteConfig, *, http_port: int = 8080, scenario: bool = 
             cloud = tg.create_task(serve(settings, ready=ready), name="cloud")
             async with asyncio.timeout(30):
                 await ready.wait()
+            from cloud.auth import ensure_demo_admin
+
+            credentials = await ensure_demo_admin(settings)
             async with run_site_simulators(site, travel_time_s=1.0 if scenario else None) as sims:
                 gateway = Gateway(site, ble_scanner=_ble_scanner(site, sims))
                 gateway.hooks.append(_narrate)
@@ -98,10 +110,16 @@ async def run_demo(site: SiteConfig, *, http_port: int = 8080, scenario: bool = 
                     from steward.scenario import play
 
                     result = await play(
-                        site, gateway, sims, http_port=http_port, say=_say, cut_uplink=cut_uplink
+                        site,
+                        gateway,
+                        sims,
+                        http_port=http_port,
+                        say=_say,
+                        cut_uplink=cut_uplink,
+                        credentials=credentials,
                     )
                 else:
-                    _banner(site, http_port)
+                    _banner(site, http_port, credentials)
                     await asyncio.Event().wait()
                 gw_task.cancel()
             cloud.cancel()

@@ -59,6 +59,7 @@ async def play(
     http_port: int,
     say: Say,
     cut_uplink: Callable[[float], Awaitable[None]] | None = None,
+    credentials: tuple[str, str] | None = None,
 ) -> int:
     out = Outcome()
 
@@ -68,6 +69,11 @@ async def play(
     gateway.hooks.append(count)
     base = f"http://127.0.0.1:{http_port}/api/v1"
     async with httpx.AsyncClient(base_url=base, timeout=15) as http:
+        if credentials is not None:
+            username, password = credentials
+            login = await http.post("/auth/login", json={"username": username, "password": password})
+            login.raise_for_status()
+            http.headers["Authorization"] = f"Bearer {login.json()['access_token']}"
 
         async def cloud_has(event_type: str, device_id: str | None = None, at_least: int = 1) -> bool:
             params: dict[str, Any] = {"type": event_type, "limit": 200}
