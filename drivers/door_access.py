@@ -33,17 +33,13 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
-from drivers.base import Driver, Reading
+from drivers.base import Reading
+from drivers.mqtt_push import MqttPushDriver
 from drivers.transports.mqtt import (
     MAX_PAYLOAD,
-    MqttDeviceChannel,
-    PayloadCounter,
-    check_mqtt_config,
     describe_validation_error,
 )
 from drivers.wiegand import WiegandError, parse_wiegand
-from steward.config import MqttTransport
-from steward.mqtt import Message
 
 if TYPE_CHECKING:
     pass
@@ -130,17 +126,12 @@ class DoorOptions(BaseModel):
 
 
 # ==== Driver =====================================================================================
-class MqttDoorDriver(Driver):
+class MqttDoorDriver(MqttPushDriver):
     kind: ClassVar[str] = "door_access"
-    polled: ClassVar[bool] = False
     Options: ClassVar[type[BaseModel]] = DoorOptions
-
-    check_config = staticmethod(check_mqtt_config)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.bad_payloads = PayloadCounter(self.log)
-        self._channel: MqttDeviceChannel | None = None
         self.door: Literal["open", "closed"] | None = None
         self.lock: Literal["locked", "unlocked"] = "locked"
         self.mode: Literal["normal", "held"] = "normal"
@@ -150,42 +141,7 @@ class MqttDoorDriver(Driver):
         self._held_reported = False
         self.presentations = 0
 
-    @property
-    def channel(self) -> MqttDeviceChannel:
-        if self._channel is None:
-            t = self.config.transport
-            if not isinstance(t, MqttTransport):
-                raise TypeError(f"{self.device_id}: the MQTT door driver needs an mqtt transport")
-            self._channel = MqttDeviceChannel(
-                self.hub.mqtt, t.topic_base, self.device_id, on_bad=self.bad_payloads
-            )
-        return self._channel
-
-    async def open(self) -> None:
-        await self.channel.open()
-
-    async def close(self) -> None:
-        if self._channel is not None:
-            await self._channel.close()
-
-    # ---- events ----------------------------------------------------------------------------
-    async def listen(self) -> None:
-        await self.open()
-        loop = asyncio.get_running_loop()
-        while True:
-            message: Message | None = None
-            try:
-                async with asyncio.timeout_at(self._next_deadline()):
-                    message = await self.channel.next_event()
-            except TimeoutError:
-                pass
-            readings = self.due(loop.time())
-            if message is not None:
-                readings += self.handle(message.payload, loop.time())
-            for reading in readings:
-                await self.emit(reading)
-
-    def _next_deadline(self) -> float | None:
+    def next_deadline(self) -> float | None:
         if self._opened_at is None or self._held_reported or self.mode == "held":
             return None
         held_open_s: float = self.options.held_open_s
@@ -193,7 +149,7 @@ class MqttDoorDriver(Driver):
 
     def due(self, now: float) -> list[Reading]:
         """Timer events whose time has come (held open)."""
-        deadline = self._next_deadline()
+        deadline = self.next_deadline()
         if deadline is None or now < deadline or self._opened_at is None:
             return []
         self._held_reported = True

@@ -21,22 +21,17 @@ A reply that does not come within ``reply_timeout_s`` raises DeviceUnreachable; 
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
-from drivers.base import Driver, Reading
+from drivers.base import Reading
+from drivers.mqtt_push import MqttPushDriver
 from drivers.transports.mqtt import (
     MAX_PAYLOAD,
-    MqttDeviceChannel,
-    PayloadCounter,
-    check_mqtt_config,
     describe_validation_error,
 )
-from steward.config import MqttTransport
-from steward.mqtt import Message
 
 __all__ = [
     "IntercomDriver",
@@ -106,56 +101,16 @@ class _Call:
         return {"call_id": self.call_id, "target": self.target, "apartment": self.apartment}
 
 
-class IntercomDriver(Driver):
+class IntercomDriver(MqttPushDriver):
     kind: ClassVar[str] = "video_intercom"
-    polled: ClassVar[bool] = False
     Options: ClassVar[type[BaseModel]] = IntercomOptions
-
-    check_config = staticmethod(check_mqtt_config)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.bad_payloads = PayloadCounter(self.log)
-        self._channel: MqttDeviceChannel | None = None
         self.calls: dict[str, _Call] = {}
         self.door_unlocked_until: str | None = None
 
-    @property
-    def channel(self) -> MqttDeviceChannel:
-        if self._channel is None:
-            t = self.config.transport
-            if not isinstance(t, MqttTransport):
-                raise TypeError(f"{self.device_id}: video_intercom needs an mqtt transport")
-            self._channel = MqttDeviceChannel(
-                self.hub.mqtt, t.topic_base, self.device_id, on_bad=self.bad_payloads
-            )
-        return self._channel
-
-    async def open(self) -> None:
-        await self.channel.open()
-
-    async def close(self) -> None:
-        if self._channel is not None:
-            await self._channel.close()
-
-    # ---- events ----------------------------------------------------------------------------
-    async def listen(self) -> None:
-        await self.open()
-        loop = asyncio.get_running_loop()
-        while True:
-            message: Message | None = None
-            try:
-                async with asyncio.timeout_at(self._next_deadline()):
-                    message = await self.channel.next_event()
-            except TimeoutError:
-                pass
-            readings = self.due(loop.time())
-            if message is not None:
-                readings += self.handle(message.payload, loop.time())
-            for reading in readings:
-                await self.emit(reading)
-
-    def _next_deadline(self) -> float | None:
+    def next_deadline(self) -> float | None:
         deadlines = [
             c.started
             + (self.options.max_call_s if c.missed or c.answered_at else self.options.missed_after_s)
