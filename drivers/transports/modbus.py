@@ -268,7 +268,13 @@ class ModbusBus:
             try:
                 # pymodbus has its own timeout; ours is the outer bound in case it ever misses one.
                 async with asyncio.timeout(self.transport.timeout_s * 1.5 + 0.1):
-                    return await call(client)
+                    response = await call(client)
+                # pymodbus waits with asyncio.wait_for, which on Python 3.11 can swallow a cancel that
+                # lands as its timeout fires; the caller's loop would then never stop. Re-raise it.
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise asyncio.CancelledError
+                return response
             except ModbusIOException as exc:
                 text = str(exc)
                 if "device id" in text or "transaction id" in text:
