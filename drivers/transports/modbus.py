@@ -43,6 +43,13 @@ MAX_READ_REGISTERS = 125
 MAX_READ_BITS = 2000
 
 Table = Literal["holding", "input", "coils", "discrete"]
+# table -> (words for messages, pymodbus client method, response attribute, most per request)
+_READS: dict[str, tuple[str, str, str, int]] = {
+    "holding": ("holding", "read_holding_registers", "registers", MAX_READ_REGISTERS),
+    "input": ("input", "read_input_registers", "registers", MAX_READ_REGISTERS),
+    "coils": ("coils", "read_coils", "bits", MAX_READ_BITS),
+    "discrete": ("discrete inputs", "read_discrete_inputs", "bits", MAX_READ_BITS),
+}
 
 _EXCEPTION_NAMES = {
     1: "illegal function",
@@ -334,49 +341,30 @@ class ModbusBus:
 
         return check
 
-    async def read_holding(self, unit: int, address: int, count: int, device_id: str) -> list[int]:
-        _limit(device_id, count, MAX_READ_REGISTERS)
+    async def _read(self, table: Table, unit: int, address: int, count: int, device_id: str) -> list[Any]:
+        what, method, attr, limit = _READS[table]
+        _limit(device_id, count, limit)
         resp = await self._request(
             device_id,
             unit,
-            f"read holding {address}+{count}",
-            lambda c: c.read_holding_registers(address, count=count, device_id=unit),
-            self._check_count("registers", count),
+            f"read {what} {address}+{count}",
+            lambda c: getattr(c, method)(address, count=count, device_id=unit),
+            self._check_count(attr, count),
         )
-        return list(resp.registers)
+        # Bits come back padded to a whole byte; registers were checked to match exactly.
+        return list(getattr(resp, attr)[:count])
+
+    async def read_holding(self, unit: int, address: int, count: int, device_id: str) -> list[int]:
+        return await self._read("holding", unit, address, count, device_id)
 
     async def read_input(self, unit: int, address: int, count: int, device_id: str) -> list[int]:
-        _limit(device_id, count, MAX_READ_REGISTERS)
-        resp = await self._request(
-            device_id,
-            unit,
-            f"read input {address}+{count}",
-            lambda c: c.read_input_registers(address, count=count, device_id=unit),
-            self._check_count("registers", count),
-        )
-        return list(resp.registers)
+        return await self._read("input", unit, address, count, device_id)
 
     async def read_coils(self, unit: int, address: int, count: int, device_id: str) -> list[bool]:
-        _limit(device_id, count, MAX_READ_BITS)
-        resp = await self._request(
-            device_id,
-            unit,
-            f"read coils {address}+{count}",
-            lambda c: c.read_coils(address, count=count, device_id=unit),
-            self._check_count("bits", count),
-        )
-        return list(resp.bits[:count])
+        return await self._read("coils", unit, address, count, device_id)
 
     async def read_discrete(self, unit: int, address: int, count: int, device_id: str) -> list[bool]:
-        _limit(device_id, count, MAX_READ_BITS)
-        resp = await self._request(
-            device_id,
-            unit,
-            f"read discrete inputs {address}+{count}",
-            lambda c: c.read_discrete_inputs(address, count=count, device_id=unit),
-            self._check_count("bits", count),
-        )
-        return list(resp.bits[:count])
+        return await self._read("discrete", unit, address, count, device_id)
 
     async def write_coil(self, unit: int, address: int, value: bool, device_id: str) -> None:
         def check(resp: ModbusPDU) -> str | None:
