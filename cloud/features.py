@@ -15,7 +15,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-FEATURES = ("cloud.auth", "cloud.workorders", "cloud.access", "cloud.console")
+FEATURES = ("cloud.auth", "cloud.workorders", "cloud.access", "cloud.commissioning", "cloud.console")
 
 
 def load_features() -> list[ModuleType]:

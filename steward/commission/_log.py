@@ -169,7 +169,22 @@ def build_report(
         "devices": devices,
         "complete": all(d["complete"] for d in devices),
         "log_entries": len(entries),
-        "registered": None,  # cloud registration (issue #7/#9) is not available yet
+        "registered": _registration(entries),
+    }
+
+
+def _registration(entries: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The last successful ``commission register`` (never its password: the log holds none)."""
+    done = [e for e in entries if e.get("action") == "register" and e.get("ok")]
+    if not done:
+        return None
+    e = done[-1]
+    return {
+        "at": e.get("at"),
+        "installer": e.get("installer"),
+        "cloud": e.get("cloud"),
+        "broker_username": e.get("broker_username"),
+        "rotated": bool(e.get("rotated")),
     }
 
 
@@ -181,6 +196,13 @@ def _cell(entry: dict[str, Any] | None) -> str:
     return f"{mark} {entry.get('at', '')} by {who}".replace("|", "/")
 
 
+def _registered_cell(reg: dict[str, Any] | None) -> str:
+    if not reg:
+        return "not registered (`steward commission register`)"
+    who = reg.get("installer") or "?"
+    return f"✅ `{reg.get('broker_username')}` at {reg.get('cloud')}, {reg.get('at')} by {who}"
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     lines = [
         f"# Commissioning report — {report['site_name']} ({report['site_id']})",
@@ -190,7 +212,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"- Installer: {report['installer']}",
         f"- Generated: {report['generated_at']}",
         f"- Status: {'**complete**' if report['complete'] else '**incomplete**'}",
-        "- Cloud registration: not done by this tool yet",
+        f"- Cloud registration: {_registered_cell(report.get('registered'))}",
         "",
         "| Device | Kind / model | Address | Found by scan | Probed | Action tests | Complete |",
         "| --- | --- | --- | --- | --- | --- | --- |",

@@ -1,4 +1,5 @@
-"""Append a device to a site config without disturbing what the installer (or anyone) wrote.
+"""Edit a site config without disturbing what the installer (or anyone) wrote: append a device
+(:func:`add_device`), set keys of a section such as ``uplink`` (:func:`set_section`).
 
 The file is parsed with ruamel.yaml's round-trip loader; the new entry is rendered in the file's
 style (flow-style transport and location, as in ``config/demo-site.yaml``) and inserted as text
@@ -11,7 +12,9 @@ file is replaced (atomically), so a duplicate id or a shared address is refused 
 from __future__ import annotations
 
 import io
+import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -23,7 +26,7 @@ from ruamel.yaml.error import YAMLError
 
 from steward.config import ConfigError, SiteConfig, parse_site_config
 
-__all__ = ["add_device", "render_device"]
+__all__ = ["add_device", "render_device", "set_section"]
 
 _FLOW_KEYS = ("transport", "location")
 
@@ -120,6 +123,109 @@ def add_device(path: Path, device: dict[str, Any]) -> SiteConfig:
         new_text = buf.getvalue()
     site = _validate(new_text, str(path))
     _write_atomic(path, new_text)
+    return site
+
+
+def _is_filler(line: str) -> bool:
+    return not line.strip() or line.lstrip().startswith("#")
+
+
+_PLAIN = re.compile(r"^[A-Za-z0-9_./:@+-]+$")
+
+
+def _scalar(value: Any) -> str:
+    if isinstance(value, str):
+        if _PLAIN.match(value) and yaml.safe_load(value) == value:
+            return value
+        return json.dumps(value)  # a JSON string is a YAML double-quoted scalar: safe for any password
+    return json.dumps(value)
+
+
+def _splice_section(text: str, data: CommentedMap, section: str, values: dict[str, Any]) -> str | None:
+    """Set ``values`` in the block mapping ``section`` line by line, or None if the layout is unusual."""
+    lines = text.splitlines(True)
+    if lines and not lines[-1].endswith("\n"):
+        lines[-1] += "\n"
+    keys = list(data.keys())
+    if section not in data:
+        # A new block before the first of the later sections (and the comments that introduce it).
+        later = [k for k in keys if k in ("device_broker_url", "buffer", "devices", "fire_linkage", "access")]
+        at = data.lc.key(later[0])[0] if later else len(lines)
+        while at > 0 and _is_filler(lines[at - 1]):
+            at -= 1
+        block = [f"\n{section}:\n", *(f"  {k}: {_scalar(v)}\n" for k, v in values.items())]
+        return "".join([*lines[:at], *block, *lines[at:]])
+    sec = data[section]
+    if not isinstance(sec, CommentedMap) or not sec or sec.fa.flow_style():
+        return None
+    indent = sec.lc.key(next(iter(sec)))[1]
+    sec_keys = list(sec.keys())
+    after = keys.index(section) + 1
+    end = data.lc.key(keys[after])[0] if after < len(keys) else len(lines)
+    while end > 0 and _is_filler(lines[end - 1]):
+        end -= 1
+    edits: list[tuple[int, int, list[str]]] = []
+    added: list[str] = []
+    for key, value in values.items():
+        line = f"{' ' * indent}{key}: {_scalar(value)}"
+        if key not in sec:
+            added.append(line + "\n")
+            continue
+        start = sec.lc.key(key)[0]
+        j = sec_keys.index(key)
+        stop = sec.lc.key(sec_keys[j + 1])[0] if j + 1 < len(sec_keys) else end
+        while stop > start + 1 and _is_filler(lines[stop - 1]):
+            stop -= 1
+        comment = (sec.ca.items.get(key) or [None] * 3)[2]
+        if comment is not None and comment.value.lstrip().startswith("#"):
+            line += "  " + comment.value.strip().splitlines()[0]  # keep the key's own trailing comment
+        edits.append((start, stop, [line + "\n"]))
+    if added:
+        edits.append((end, end, added))
+    for start, stop, new in sorted(edits, reverse=True):
+        lines[start:stop] = new
+    return "".join(lines)
+
+
+def set_section(path: Path, section: str, values: dict[str, Any], *, private: bool = False) -> SiteConfig:
+    """Set ``section.key: value`` for each of ``values`` in the config at ``path``, every other line kept;
+    ConfigError (loader's message) if the result does not load. ``private``: the file holds a secret
+    now, so it is written readable by its owner only (0600)."""
+    from steward.commission._cloud import write_private
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read it ({exc.strerror})") from None
+    y = _yaml()
+    try:
+        data = y.load(text)
+    except YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, CommentedMap):
+        raise ConfigError(f"{path}: expected a mapping of settings at the top level")
+    _validate(text, str(path))
+
+    expected = yaml.safe_load(text)
+    expected[section] = {**(expected.get(section) or {}), **values}
+    new_text = _splice_section(text, data, section, values)
+    if new_text is not None and yaml.safe_load(new_text) != expected:
+        new_text = None  # a layout the splice misread: let ruamel write the whole file instead
+    if new_text is None:
+        target = data.get(section)
+        if not isinstance(target, CommentedMap):
+            target = data[section] = CommentedMap()
+        target.update(values)
+        buf = io.StringIO()
+        y.dump(data, buf)
+        new_text = buf.getvalue()
+    site = _validate(new_text, str(path))
+    if private:
+        write_private(path, new_text)
+    else:
+        _write_atomic(path, new_text)
     return site
 
 

@@ -8,7 +8,9 @@ Commands (each prints Rich tables; ``--json`` where a machine reads the result):
     test          one action on one device (open a gate, unlock a door), state before and after
     add           append a device to the site config (validated, comments kept)
     config check  validate the config; with --live, check every device answers as configured
-    report        the commissioning report (JSON + Markdown) from the commissioning log
+    register      register the gateway with the cloud; its credentials go into the config (0600)
+    report        the commissioning report (JSON + Markdown) from the commissioning log; --upload
+                  also sends it to the cloud
 
 Exit codes: 0 done, 1 something checked failed (a device, an action, a live check), 2 bad
 input (config, option, unknown device).
@@ -18,11 +20,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
 import sys
-from collections.abc import Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -77,6 +80,23 @@ Installer = Annotated[
     typer.Option("--installer", envvar="STEWARD_INSTALLER", help="Who is commissioning (for the log)"),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables")]
+CloudOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--cloud", envvar="STEWARD_CLOUD_URL", help="The cloud's address, e.g. https://cloud.example.com"
+    ),
+]
+TokenOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--token",
+        envvar="STEWARD_TOKEN",
+        show_envvar=True,
+        help="An installer's API token for this site (prefer the environment variable: "
+        "a token on the command line lands in the shell history)",
+    ),
+]
+CloudTimeout = Annotated[float, typer.Option("--cloud-timeout", help="Seconds to wait for the cloud")]
 
 
 # ---- plumbing --------------------------------------------------------------------------------------
@@ -664,8 +684,176 @@ def config_check(
         raise typer.Exit(1)
 
 
+# ---- register --------------------------------------------------------------------------------------
+F = TypeVar("F", bound=Callable[..., None])
+
+
+def _no_traceback(command: F) -> F:
+    """For commands that run no event loop (so ``_run`` does not guard them): an installer never sees
+    a traceback; STEWARD_DEBUG=1 shows it."""
+
+    @functools.wraps(command)
+    def guarded(*args: Any, **kwargs: Any) -> None:
+        try:
+            command(*args, **kwargs)
+        except (typer.Exit, typer.Abort, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            if os.environ.get("STEWARD_DEBUG"):
+                raise
+            _fail(
+                f"unexpected error ({type(exc).__name__}): {exc}; rerun with STEWARD_DEBUG=1 for details", 3
+            )
+
+    return guarded  # type: ignore[return-value]
+
+
+def _cloud_client(cloud: str | None, token: str | None, timeout: float) -> Any:
+    from steward.commission._cloud import CloudClient
+
+    if not cloud:
+        _fail(
+            "--cloud (or STEWARD_CLOUD_URL) is required: the cloud's address, e.g. https://cloud.example.com"
+        )
+    if not token:
+        _fail("--token (or STEWARD_TOKEN) is required: an API token of an installer of this site")
+    if not 1 <= timeout <= 300:
+        _fail("--cloud-timeout must be between 1 and 300 seconds")
+    try:
+        return CloudClient(cloud, token, timeout_s=timeout)
+    except ValueError as exc:
+        _fail(f"--cloud/--token: {exc}")
+
+
+@commission_app.command("register")
+@_no_traceback
+def register(
+    *,
+    config: ConfigOpt,
+    cloud: CloudOpt = None,
+    token: TokenOpt = None,
+    force: Annotated[
+        bool,
+        typer.Option("--force", help="Register again even though credentials exist (issues a new password)"),
+    ] = False,
+    broker_url: Annotated[
+        str | None, typer.Option(help="Also set uplink.broker_url, e.g. mqtts://broker.example.com:8883")
+    ] = None,
+    cloud_timeout: CloudTimeout = 20.0,
+    installer: Installer = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Register the gateway with the cloud; write its broker credentials and the cloud's command key
+    into the config (and a credentials file), both readable by you only."""
+    from steward.commission._cloud import (
+        CloudFailure,
+        GatewayCredentials,
+        credentials_path,
+        write_private,
+    )
+    from steward.commission._log import now_iso
+    from steward.commission._site_edit import set_section
+    from steward.config import UplinkConfig
+
+    site = _load(config)
+    creds_path = credentials_path(config)
+    held = [str(creds_path)] if creds_path.exists() else []
+    if site.uplink.password is not None:
+        held.append(f"{config} (uplink.password of {site.uplink.username or 'no user'})")
+    if held and not force:
+        _fail(
+            f"gateway {site.gateway_id} already has broker credentials in {' and '.join(held)}. "
+            "Registering again gives it a new password and the old one stops working, so a gateway "
+            "running with it goes offline until it gets this config. Pass --force to do that."
+        )
+    if broker_url is not None:
+        try:
+            UplinkConfig(broker_url=broker_url)
+        except ValueError as exc:
+            _fail(f"--broker-url: {exc}")
+    for path in (config, config.parent):
+        if not os.access(path, os.W_OK):
+            # Checked first: the cloud shows the password once, and it must have somewhere to go.
+            _fail(f"cannot write {path}; registration needs to save the gateway's credentials there")
+    client = _cloud_client(cloud, token, cloud_timeout)
+    with client:
+        try:
+            known = None if force else client.gateway(site.site_id, site.gateway_id)
+            if known and known.get("last_seen"):
+                _fail(
+                    f"gateway {site.gateway_id} is known to the cloud and has connected to it "
+                    f"(last seen {known['last_seen']}, {'online' if known.get('online') else 'offline'}). "
+                    "Registering again gives it a new password and the gateway using the old one goes "
+                    "offline. Pass --force to do that."
+                )
+            reply = client.register(site.site_id, site.gateway_id, site.site_name)
+        except CloudFailure as exc:
+            _log(config, "register", installer=installer, ok=False, summary=str(exc), cloud=client.base_url)
+            _fail(str(exc), exc.exit_code)
+    creds = GatewayCredentials(
+        **reply.model_dump(), cloud=client.base_url, registered_at=now_iso(), registered_by=installer
+    )
+    try:
+        write_private(creds_path, creds.model_dump_json(indent=2) + "\n")
+    except OSError as exc:
+        _fail(
+            f"registered, but {creds_path} could not be written ({exc.strerror}); fix that and run "
+            "`register --force` (the cloud issues a new password)",
+            1,
+        )
+    values: dict[str, Any] = {
+        "username": reply.broker_username,
+        "password": reply.broker_password,
+        "command_public_key": reply.command_public_key,
+        "topic_prefix": reply.topic_prefix,
+    }
+    if broker_url is not None:
+        values = {"broker_url": broker_url, **values}
+    try:
+        set_section(config, "uplink", values, private=True)
+    except (ConfigError, OSError) as exc:
+        _fail(f"registered and saved in {creds_path}, but {config} was not updated: {exc}", 1)
+    how = "registered again: the earlier password no longer works" if reply.rotated else "registered"
+    summary = f"{how} as {reply.broker_username} at {client.base_url}"
+    _log(
+        config,
+        "register",
+        installer=installer,
+        ok=True,
+        summary=summary,
+        cloud=client.base_url,
+        broker_username=reply.broker_username,
+        rotated=reply.rotated,
+    )
+    if as_json:
+        _print_json(
+            {
+                "site_id": reply.site_id,
+                "gateway_id": reply.gateway_id,
+                "broker_username": reply.broker_username,
+                "command_public_key": reply.command_public_key,
+                "topic_prefix": reply.topic_prefix,
+                "rotated": reply.rotated,
+                "cloud": client.base_url,
+                "config": str(config),
+                "credentials_file": str(creds_path),
+            }
+        )
+        return
+    out = _out()
+    out.print(f"[green]OK[/green]: gateway {reply.gateway_id} at site {reply.site_id} {summary}.")
+    if reply.rotated:
+        out.print("[yellow]It was registered before; its earlier broker password no longer works.[/yellow]")
+    out.print(
+        f"{config}: uplink username, password, command_public_key and topic_prefix set; "
+        "readable by you only (mode 0600)."
+    )
+    out.print(f"Credentials also saved in {creds_path} (mode 0600). Copy both to the gateway securely.")
+
+
 # ---- report ----------------------------------------------------------------------------------------
 @commission_app.command("report")
+@_no_traceback
 def report(
     *,
     config: ConfigOpt,
@@ -675,8 +863,19 @@ def report(
     out_prefix: Annotated[
         Path | None, typer.Option("--out", help="Write <out>.json and <out>.md (default: next to the config)")
     ] = None,
+    upload: Annotated[
+        bool | None,
+        typer.Option(
+            "--upload/--no-upload",
+            help="Also send the report to the cloud (default: when --cloud or --token is given)",
+        ),
+    ] = None,
+    cloud: CloudOpt = None,
+    token: TokenOpt = None,
+    cloud_timeout: CloudTimeout = 20.0,
 ) -> None:
-    """Write the commissioning report (JSON + Markdown) from the config and its commissioning log."""
+    """Write the commissioning report (JSON + Markdown) from the config and its commissioning log;
+    with --upload (or --cloud/--token) also upload it to the cloud."""
     from steward.commission._log import CommissioningLog, build_report, render_markdown
 
     site = _load(config)
@@ -713,3 +912,45 @@ def report(
         f"{done}/{len(data['devices'])} device(s) complete ({len(entries)} log entries from {log.path})"
     )
     out.print(f"Report written: {json_path} and {md_path}")
+    if upload is None:
+        upload = cloud is not None or token is not None
+    if upload:
+        _upload_report(
+            config=config,
+            site=site,
+            data=data,
+            installer=installer,
+            cloud=cloud,
+            token=token,
+            timeout=cloud_timeout,
+        )
+
+
+def _upload_report(
+    *,
+    config: Path,
+    site: SiteConfig,
+    data: dict[str, Any],
+    installer: str,
+    cloud: str | None,
+    token: str | None,
+    timeout: float,
+) -> None:
+    from steward.commission._cloud import CloudFailure, GatewayCredentials, credentials_path
+
+    if not cloud and credentials_path(config).exists():
+        try:
+            cloud = GatewayCredentials.load(credentials_path(config)).cloud  # where `register` went
+        except CloudFailure as exc:
+            _fail(f"report saved locally, not uploaded: {exc}", exc.exit_code)
+    client = _cloud_client(cloud, token, timeout)
+    with client:
+        try:
+            stored = client.upload_report(site.gateway_id, data)
+        except CloudFailure as exc:
+            where = client.base_url
+            _log(config, "upload_report", installer=installer, ok=False, summary=str(exc), cloud=where)
+            _fail(f"report saved locally, not uploaded: {exc}", exc.exit_code)
+    summary = f"uploaded to {client.base_url} as report {stored.get('id')}"
+    _log(config, "upload_report", installer=installer, ok=True, summary=summary, cloud=client.base_url)
+    _out().print(f"[green]Uploaded[/green]: {summary} (GET /api/v1/gateways/{site.gateway_id}/commissioning)")
