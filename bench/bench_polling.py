@@ -1,18 +1,25 @@
-"""Polling throughput: our ModbusBus + SmartMeterDriver against a bare pymodbus loop, same devices, same run.
+"""Polling throughput: our drivers against a bare pymodbus loop, same devices, same requests, same run.
 
-    .venv/bin/python -m bench.bench_polling [--devices 500] [--seconds 8] [--interval-seconds 6]
+    .venv/bin/python -m bench.bench_polling [--devices 500] [--seconds 8] [--rounds 2]
+                                            [--interval-seconds 6]
 
 Simulated SDM120 meters (50 units per Modbus TCP server, like units behind gateways) run in a
 child process so the figures below are the gateway side's alone. Each phase runs one task per
-device against one connection per server (Modbus TCP gateways answer one request at a time):
+device against one connection per server (Modbus TCP gateways answer one request at a time, and
+pymodbus serialises its own client too):
 
-(a) raw    ``AsyncModbusTcpClient.read_input_registers`` for the same coalesced blocks the meter
-           table needs, no decoding, as fast as possible
-(b) steward  ``SmartMeterDriver.poll()`` over the hub's ``ModbusBus`` (locking, retries policy,
-           reply checks, decoding to readings), as fast as possible
-(c) 1 s    every device polled by the driver on a 1 s schedule; a cycle is missed when a poll
-           has not finished by the next tick
+(a) raw      ``AsyncModbusTcpClient.read_input_registers`` for the same coalesced blocks the meter
+             table needs, no decoding, as fast as possible
+(b) steward  ``SmartMeterDriver.poll()`` over the hub's ``ModbusBus`` (locking, retry policy,
+             reply checks, decoding to readings), as fast as possible
+(c) 1 s      every device run by its ``edge.supervisor.DeviceSupervisor`` (as the gateway does,
+             all started together) on a 1 s interval; a cycle is missed when a poll has not
+             finished by its next tick (the supervisor's own ``missed_cycles``)
 
+(a) and (b) alternate ``--rounds`` times after a raw run (raw, steward, raw, steward, raw, ...) and
+each steward run is compared with the mean of the raw runs either side of it, so load drifting on
+a shared machine hits both. Requests per poll are counted on both sides and must match. CPU per
+poll is the steadier figure when other work competes for the cores.
 Goal: (b) >= 70% of (a) in devices/s, and no missed cycles in (c).
 """
 
@@ -128,52 +135,66 @@ async def _flat_out(name: str, polls: list[Callable[[], Awaitable[Any]]], second
     return Result(name, count, errors, time.monotonic() - wall0, time.process_time() - cpu0, latencies)
 
 
-async def _scheduled(
-    polls: list[Callable[[], Awaitable[Any]]], seconds: float, interval: float
-) -> dict[str, Any]:
-    """Each device on a fixed ``interval`` schedule (starts staggered across one interval)."""
-    cycles = missed = errors = 0
+async def _supervised(drivers: list[Any], seconds: float) -> dict[str, Any]:
+    """Every driver under its own DeviceSupervisor for ``seconds``: what the gateway runs."""
+    from edge.supervisor import DeviceSupervisor
+
     latencies: list[float] = []
-    start = time.monotonic() + 0.2
-    end = start + seconds
+    steady: list[float] = []  # all but each device's first poll, which queues behind everyone's
+    readings = 0
 
-    async def run(i: int, poll: Callable[[], Awaitable[Any]]) -> None:
-        nonlocal cycles, missed, errors
-        tick = start + interval * i / len(polls)
-        while tick < end:
-            await asyncio.sleep(max(0.0, tick - time.monotonic()))
-            began = time.monotonic()
+    def timed(poll: Callable[[], Awaitable[Any]]) -> Callable[[], Awaitable[Any]]:
+        first = True
+
+        async def run() -> Any:
+            nonlocal first
+            started = time.monotonic()
             try:
-                await poll()
-            except Exception:
-                errors += 1
-            finished = time.monotonic()
-            latencies.append(finished - began)
-            cycles += 1
-            next_tick = tick + interval
-            if finished > next_tick:
-                late = math.floor((finished - tick) / interval)
-                missed += late
-                next_tick = tick + (late + 1) * interval  # skip the ticks we ran over, as a supervisor would
-            tick = next_tick
+                return await poll()
+            finally:
+                took = time.monotonic() - started
+                latencies.append(took)
+                if not first:
+                    steady.append(took)
+                first = False
 
+        return run
+
+    async def record(_driver: Any, _reading: Any) -> None:
+        # Counting only: storing events is bench_buffer's subject, not polling's.
+        nonlocal readings
+        readings += 1
+
+    for d in drivers:
+        d.poll = timed(d.poll)
+    supervisors = [DeviceSupervisor(d, record) for d in drivers]
     cpu0 = time.process_time()
-    async with asyncio.timeout(seconds + 30), asyncio.TaskGroup() as tg:
-        for i, poll in enumerate(polls):
-            tg.create_task(run(i, poll))
+    tasks = [asyncio.create_task(s.run()) for s in supervisors]
+    await asyncio.sleep(seconds)
+    for t in tasks:
+        t.cancel()
+    async with asyncio.timeout(30):
+        await asyncio.gather(*tasks, return_exceptions=True)
+    cpu = time.process_time() - cpu0
+    for d in drivers:
+        del d.poll
     lat = sorted(latencies) or [0.0]
+    steady.sort()
     return {
-        "cycles": cycles,
-        "missed": missed,
-        "errors": errors,
-        "cpu_s": time.process_time() - cpu0,
+        "steady_p99_ms": steady[min(len(steady) - 1, int(len(steady) * 0.99))] * 1000 if steady else 0.0,
+        "cycles": sum(s.health.polls for s in supervisors),
+        "missed": sum(s.health.missed_cycles for s in supervisors),
+        "errors": sum(s.health.errors for s in supervisors),
+        "offline": sum(1 for s in supervisors if s.health.online is not True),
+        "readings": readings,
+        "cpu_s": cpu,
         "p50_ms": statistics.median(lat) * 1000,
         "p99_ms": lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000,
         "max_ms": lat[-1] * 1000,
     }
 
 
-async def _bench(devices: int, seconds: float, interval_seconds: float) -> None:
+async def _bench(devices: int, seconds: float, rounds: int, interval_seconds: float) -> None:
     import logging
 
     import structlog
@@ -196,6 +217,8 @@ async def _bench(devices: int, seconds: float, interval_seconds: float) -> None:
     parent, child = ctx.Pipe()
     proc = ctx.Process(target=_serve, args=(n_servers, units, child), daemon=True)
     proc.start()
+    raws: list[Result] = []
+    ours: list[Result] = []
     try:
         loop = asyncio.get_running_loop()
         if not await loop.run_in_executor(None, parent.poll, 60):
@@ -215,11 +238,14 @@ async def _bench(devices: int, seconds: float, interval_seconds: float) -> None:
         clients = [AsyncModbusTcpClient("127.0.0.1", port=p, timeout=2, retries=0) for p in ports]
         for c in clients:
             await c.connect()
+        raw_requests = 0
 
         def raw_poll(client: AsyncModbusTcpClient, unit: int) -> Callable[[], Awaitable[None]]:
             async def poll() -> None:
+                nonlocal raw_requests
                 for table, b in blocks:
                     read = client.read_input_registers if table == "input" else client.read_holding_registers
+                    raw_requests += 1
                     rr = await read(b.address, count=b.count, device_id=unit)
                     if rr.isError():
                         raise RuntimeError(str(rr))
@@ -227,8 +253,6 @@ async def _bench(devices: int, seconds: float, interval_seconds: float) -> None:
             return poll
 
         raw_polls = [raw_poll(clients[s], u) for s in range(n_servers) for u in range(1, units[s] + 1)]
-        await _flat_out("warm-up", raw_polls, 0.5)
-        raw_first = await _flat_out("raw", raw_polls, seconds)
 
         # (b) the gateway's path: hub -> ModbusBus -> SmartMeterDriver.poll().
         site = parse_site_config(
@@ -254,14 +278,25 @@ async def _bench(devices: int, seconds: float, interval_seconds: float) -> None:
             pass
 
         drivers = [create_driver(dev, hub, emit) for dev in site.devices]
-        ours = await _flat_out("steward", [d.poll for d in drivers], seconds)
-        # raw again after ours, so warm-up or order effects on the simulator side cannot favour us.
-        raw_again = await _flat_out("raw", raw_polls, seconds)
-        raw = max(raw_first, raw_again, key=lambda r: r.rate)
+
+        def bus_requests() -> int:
+            return sum(bus.stats.requests for bus in hub.buses.values())
+
+        await _flat_out("warm-up", raw_polls, 0.5)
+        await _flat_out("warm-up", [d.poll for d in drivers], 0.5)
+        raw_requests = ours_requests = 0
+        raws.append(await _flat_out("raw", raw_polls, seconds))
+        for _ in range(rounds):
+            before = bus_requests()
+            ours.append(await _flat_out("steward", [d.poll for d in drivers], seconds))
+            ours_requests += bus_requests() - before
+            # raw again after ours, so warm-up or order effects on the simulator side cannot favour us.
+            raws.append(await _flat_out("raw", raw_polls, seconds))
         for c in clients:
             c.close()
-        sched = await _scheduled([d.poll for d in drivers], interval_seconds, 1.0)
-        errors = sum(bus.stats.errors for bus in hub.buses.values())
+        raw_per_poll = raw_requests / max(1, sum(r.polls + r.errors for r in raws))
+        sched = await _supervised(drivers, interval_seconds)
+        bus_errors = sum(bus.stats.errors for bus in hub.buses.values())
         await hub.close()
     finally:
         parent.send("stop")
@@ -270,28 +305,49 @@ async def _bench(devices: int, seconds: float, interval_seconds: float) -> None:
             proc.terminate()
 
     print()
-    print(raw_first.line())
-    print(ours.line())
-    print(raw_again.line())
-    ratio = ours.rate / raw.rate
-    verdict = "OK" if ratio >= 0.7 else "BELOW GOAL"
-    print(f"throughput: steward = {ratio * 100:.0f}% of the better raw run (goal >= 70%): {verdict}")
+    for r in [raws[0], *(x for pair in zip(ours, raws[1:], strict=True) for x in pair)]:
+        print(r.line())
+    ours_per_poll = ours_requests / max(1, sum(r.polls + r.errors for r in ours))
     print(
-        f"CPU efficiency: steward = {ours.capacity / raw.capacity * 100:.0f}% of raw per poll "
-        f"({ours.us_per_poll:.0f} vs {raw.us_per_poll:.0f} us); the ratio that counts when the "
-        f"gateway's CPU is the limit"
+        f"requests per poll: raw {raw_per_poll:.2f}, steward {ours_per_poll:.2f} "
+        + ("(same)" if abs(raw_per_poll - ours_per_poll) < 0.01 else "(DIFFERENT: not like with like)")
+    )
+    # Each steward run sits between two raw runs; comparing it with their mean cancels load that
+    # drifts over the run (other work on the machine), which "best raw run" alone does not.
+    bracketed = [o.rate / ((a.rate + b.rate) / 2) for o, a, b in zip(ours, raws, raws[1:], strict=False)]
+    ratio = statistics.median(bracketed)
+    best_raw = max(raws, key=lambda r: r.rate)
+    ours_median = statistics.median(r.rate for r in ours)
+    verdict = "OK" if ratio >= 0.7 else "BELOW GOAL"
+    print(
+        f"throughput: steward = {ratio * 100:.0f}% of raw (median of each steward run against the mean "
+        f"of the raw runs either side; runs {', '.join(f'{x * 100:.0f}%' for x in bracketed)}; "
+        f"goal >= 70%): {verdict}"
+    )
+    print(
+        f"  conservative: steward median {ours_median:.0f} devices/s = "
+        f"{ours_median / best_raw.rate * 100:.0f}% of the best raw run ({best_raw.rate:.0f})"
+    )
+    ours_us = statistics.median(r.us_per_poll for r in ours)
+    raw_us = statistics.median(r.us_per_poll for r in raws)
+    print(
+        f"CPU per poll (medians): steward {ours_us:.0f} us, raw {raw_us:.0f} us: steward does "
+        f"{raw_us / ours_us * 100:.0f}% of raw's polls per CPU second (the ratio that counts when the "
+        f"gateway's CPU is the limit)"
     )
     print()
     print(
-        f"1 s interval, {devices} devices, {interval_seconds:g} s: {sched['cycles']} cycles, "
-        f"{sched['missed']} missed, {sched['errors']} errors (bus errors {errors}); "
+        f"{devices} devices under DeviceSupervisor at 1 s for {interval_seconds:g} s: "
+        f"{sched['cycles']} cycles, "
+        f"{sched['missed']} missed, {sched['errors']} errors (bus errors {bus_errors}), "
+        f"{sched['offline']} not online, {sched['readings']} readings; "
         f"CPU {sched['cpu_s']:.2f} s ({sched['cpu_s'] / interval_seconds * 100:.0f}% of one core); "
-        f"poll latency p50 {sched['p50_ms']:.1f} ms p99 {sched['p99_ms']:.1f} ms max {sched['max_ms']:.1f} ms"
+        f"poll latency p50 {sched['p50_ms']:.1f} ms p99 {sched['p99_ms']:.1f} ms "
+        f"max {sched['max_ms']:.1f} ms "
+        f"(after each device's first poll: p99 {sched['steady_p99_ms']:.1f} ms)"
     )
-    print(
-        f"=> {devices} devices at 1 s: "
-        + ("met, no missed cycles" if sched["missed"] == 0 and sched["errors"] == 0 else "NOT met")
-    )
+    ok = sched["missed"] == 0 and sched["errors"] == 0 and sched["offline"] == 0
+    print(f"=> {devices} devices at 1 s: " + ("met, no missed cycles" if ok else "NOT met"))
 
 
 def main() -> None:
@@ -300,13 +356,14 @@ def main() -> None:
     )
     parser.add_argument("--devices", type=int, default=500, help="simulated meters (default 500)")
     parser.add_argument("--seconds", type=float, default=8.0, help="length of each flat-out phase")
+    parser.add_argument("--rounds", type=int, default=2, help="steward/raw pairs after the first raw run")
     parser.add_argument(
         "--interval-seconds", type=float, default=6.0, help="length of the 1 s-interval run (default 6)"
     )
     args = parser.parse_args()
-    if args.devices < 1 or args.seconds <= 0 or args.interval_seconds <= 0:
-        parser.error("--devices, --seconds and --interval-seconds must be positive")
-    asyncio.run(_bench(args.devices, args.seconds, args.interval_seconds))
+    if args.devices < 1 or args.seconds <= 0 or args.interval_seconds <= 0 or args.rounds < 1:
+        parser.error("--devices, --seconds, --rounds and --interval-seconds must be positive")
+    asyncio.run(_bench(args.devices, args.seconds, args.rounds, args.interval_seconds))
 
 
 if __name__ == "__main__":

@@ -17,7 +17,10 @@ gate's position is derived from the limits: open limit -> ``open``, closed limit
 neither -> ``moving``; the fault input overrides both.
 
 Events (edges only; a steady state is reported once): ``gate.opened``, ``gate.closed``,
-``gate.vehicle_detected``, ``gate.fault``, ``gate.obstructed``.
+``gate.vehicle_detected``, ``gate.fault``, ``gate.obstructed``. The first successful read, and the
+first after the supervisor reported the gate offline, reports ``gate.state`` (``state``,
+``loop_occupied``) with where the gate is, so the operators' view starts from its real position
+instead of "unknown"; a fault or jam present then is reported as well.
 """
 
 from __future__ import annotations
@@ -88,6 +91,7 @@ class BarrierGateDriver(Driver):
         self._inputs: _Inputs | None = None
         self._hold_open = False
         self._updated: float | None = None
+        self._resync = False
         # poll() and execute() run concurrently: the read-compare-update of the last state is
         # atomic under this lock so each edge is reported exactly once, by whichever saw it.
         self._state_lock = asyncio.Lock()
@@ -107,32 +111,44 @@ class BarrierGateDriver(Driver):
             new = _Inputs(bits)
             old, self._inputs = self._inputs, new
             self._updated = time.time()
-            return self._edges(old, new)
+            resync, self._resync = self._resync, False
+            return self._edges(old, new, resync=resync)
 
-    def _edges(self, old: _Inputs | None, new: _Inputs) -> list[Reading]:
+    def _edges(self, old: _Inputs | None, new: _Inputs, *, resync: bool = False) -> list[Reading]:
         out: list[Reading] = []
         data = {"state": new.state, "loop_occupied": new.loop}
+        if old is None or resync:
+            # Where the gate is, not news: without it the console shows "unknown" until the gate
+            # first moves, or keeps a position from before an outage. gate.opened here would claim
+            # a movement nobody saw (and read as one in the event log).
+            out.append(Reading("gate.state", dict(data)))
         if old is None:
-            # First look at the gate: its position is a baseline, not news; a fault is news.
+            # A fault present at the first look is news, as the fire panel reports a fire at start.
             if new.fault:
                 out.append(Reading("gate.fault", {**data, "reason": "motor fault"}))
             if new.obstructed:
                 out.append(Reading("gate.obstructed", {**data, "reason": "jam"}))
-            return out
-        if new.state != old.state:
-            if new.state == "open":
-                out.append(Reading("gate.opened", dict(data)))
-            elif new.state == "closed":
-                out.append(Reading("gate.closed", dict(data)))
-            elif new.state == "fault":
-                out.append(Reading("gate.fault", {**data, "reason": "motor fault"}))
-        if new.loop and not old.loop:
-            out.append(Reading("gate.vehicle_detected", dict(data)))
-        if new.obstructed and not old.obstructed:
-            out.append(Reading("gate.obstructed", {**data, "reason": "jam"}))
+        else:
+            if new.state != old.state:
+                if new.state == "fault":
+                    out.append(Reading("gate.fault", {**data, "reason": "motor fault"}))
+                elif resync:
+                    pass  # moved while we could not see it: gate.state above says where it is now
+                elif new.state == "open":
+                    out.append(Reading("gate.opened", dict(data)))
+                elif new.state == "closed":
+                    out.append(Reading("gate.closed", dict(data)))
+            if new.loop and not old.loop:
+                out.append(Reading("gate.vehicle_detected", dict(data)))
+            if new.obstructed and not old.obstructed:
+                out.append(Reading("gate.obstructed", {**data, "reason": "jam"}))
         for r in out:
             self.log.info("gate event", type=r.type, state=new.state, loop=new.loop)
         return out
+
+    def went_offline(self) -> None:
+        # Report the position afresh on the first poll that answers (see _edges).
+        self._resync = True
 
     async def poll(self) -> list[Reading]:
         return await self._refresh()

@@ -96,3 +96,10 @@ class Driver:
     def snapshot(self) -> dict[str, Any]:
         """The device's current state as last seen, for command results and status."""
         return {}
+
+    def went_offline(self) -> None:
+        """The supervisor reported ``device.offline``: what this driver last saw may be stale.
+
+        Drivers that report a state snapshot on their first poll report it again on the first
+        successful poll after this (which follows ``device.online``).
+        """

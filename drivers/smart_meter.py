@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from drivers.base import Driver, Emit, Reading
 from drivers.meter_models import METER_MODELS
-from drivers.points import Point, check_points, read_points
+from drivers.points import Point, check_points, compile_points, read_plan
 from drivers.transports import codec
 from steward.config import ModbusRtuTransport, ModbusTcpTransport
 
@@ -67,6 +67,9 @@ class SmartMeterDriver(Driver):
         self.unit = t.unit
         self.bus = hub.modbus(t)
         self.table = _table_for(config.model, self.options)
+        # The table is fixed for the driver's life: plan its reads and decoders once, not every poll.
+        self._plan = compile_points(self.table.points)
+        self._units = {p.name: p.unit for p in self.table.points}
         self._last: dict[str, float | int] = {}
         self._flags: dict[str, bool] = {}
 
@@ -94,7 +97,7 @@ class SmartMeterDriver(Driver):
         return problems
 
     async def poll(self) -> list[Reading]:
-        values = await read_points(self.bus, self.unit, self.table.points, self.device_id)
+        values = await read_plan(self.bus, self.unit, self._plan, self.device_id)
         flags: dict[str, bool] = {}
         status = self.table.status
         if status is not None:
@@ -104,7 +107,7 @@ class SmartMeterDriver(Driver):
         data: dict[str, Any] = {
             "model": self.config.model,
             "values": values,
-            "units": {p.name: p.unit for p in self.table.points},
+            "units": dict(self._units),  # a copy: the reading leaves the driver
         }
         if flags:
             data["status"] = flags

@@ -99,6 +99,14 @@ class BarrierGateSimulator(Simulator):
         self._loop_occupied = False
         self._publish()
 
+    def press_open(self) -> None:
+        """The guard presses OPEN on the controller itself (the booth's push-button, not the gateway)."""
+        self._command_open()  # not in self.commands: those are what came over Modbus
+
+    def press_close(self) -> None:
+        """The guard presses CLOSE on the controller itself; refused as a coil command would be."""
+        self._command_close()
+
     def fault(self) -> None:
         """Motor fault: the gate stops where it is and ignores commands until clear_fault()."""
         self._cancel_motion_nowait()

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import pytest
 
+from cloud.state import state_updates
 from drivers.barrier_gate import BarrierGateDriver
 from drivers.base import ActionFailed, Reading
 from drivers.hub import TransportHub
 from drivers.registry import create_driver, validate_device_options
+from edge.supervisor import DeviceSupervisor
 from simulators.barrier_gate import BarrierGateSimulator
 from simulators.modbus_server import free_port
 from simulators.registry import run_site_simulators
@@ -74,7 +78,7 @@ async def rig() -> AsyncIterator[Rig]:
 
 
 async def test_full_open_close_cycle(rig: Rig) -> None:
-    assert await rig.driver.poll() == []  # the first look is a baseline
+    assert rig.types(await rig.driver.poll()) == ["gate.state"]  # the first look: where it is
     assert rig.driver.snapshot()["state"] == "closed"
 
     state = await rig.driver.execute("open", {})
@@ -183,7 +187,8 @@ async def test_polling_concurrently_with_actions_loses_no_edge(rig: Rig) -> None
     stop.set()
     await asyncio.wait_for(task, 2)
     all_types = rig.types(polled) + rig.types()
-    assert sorted(all_types) == ["gate.closed", "gate.opened"]
+    # One position report, by whichever read first, and each edge once.
+    assert sorted(all_types) == ["gate.closed", "gate.opened", "gate.state"]
 
 
 async def test_bad_options_are_named() -> None:
@@ -193,3 +198,116 @@ async def test_bad_options_are_named() -> None:
     problems = validate_device_options(bad)
     assert any("travel_timeout_s" in p for p in problems)
     assert any("nonsense: unknown option" in p for p in problems)
+
+
+# ---------------------------------------------------------------------- position at start / after an outage
+
+
+async def _until(check: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no {what} within {timeout} s")
+        await asyncio.sleep(0.01)
+
+
+async def test_first_poll_reports_where_the_gate_is(rig: Rig) -> None:
+    readings = await rig.driver.poll()
+    assert rig.types(readings) == ["gate.state"]
+    assert readings[0].data == {"state": "closed", "loop_occupied": False}
+    # The cloud's live-state merge turns it into the gate's position (what the console shows).
+    assert state_updates("gate.state", readings[0].data) == {"gate": "closed"}
+    assert await rig.driver.poll() == []  # reported once, not every poll
+
+
+async def test_gate_already_open_at_start_is_not_reported_as_opening(rig: Rig) -> None:
+    rig.sim.press_open()  # the guard opened it at the controller before the gateway started
+    await _until(lambda: rig.sim.gate_state == "open", "open gate")
+    rig.sim.vehicle_arrives()
+    readings = await rig.driver.poll()
+    # Where it is, not gate.opened (nobody saw it move) nor gate.vehicle_detected (no arrival seen).
+    assert rig.types(readings) == ["gate.state"]
+    assert readings[0].data == {"state": "open", "loop_occupied": True}
+    assert state_updates("gate.state", readings[0].data) == {"gate": "open"}
+    assert rig.driver.snapshot()["state"] == "open"
+
+
+async def test_fault_present_at_start_is_reported_with_the_state(rig: Rig) -> None:
+    rig.sim.fault()
+    readings = await rig.driver.poll()
+    assert rig.types(readings) == ["gate.state", "gate.fault"]
+    assert readings[0].data["state"] == "fault"
+
+
+async def test_first_read_by_an_action_reports_the_state_too(rig: Rig) -> None:
+    await rig.driver.execute("open", {})
+    assert rig.types() == ["gate.state", "gate.opened"]
+    assert rig.emitted[0].data["state"] == "closed"
+
+
+async def test_state_reported_again_after_the_gate_comes_back_online() -> None:
+    """Through the real supervisor: offline, the gate moves meanwhile, back online -> its new position."""
+    transport = {
+        "type": "modbus_tcp",
+        "host": "127.0.0.1",
+        "port": free_port(),
+        "timeout_s": 0.1,
+        "retries": 0,
+    }
+    site = parse_site_config(
+        {
+            "site_id": "estate",
+            "site_name": "Estate",
+            "gateway_id": "gw",
+            "devices": [
+                {
+                    "id": "gate-x",
+                    "kind": "barrier_gate",
+                    "transport": {**transport, "unit": 1},
+                    "poll_interval_s": 0.05,
+                }
+            ],
+        }
+    )
+    recorded: list[Reading] = []
+
+    async def record(_: object, reading: Reading) -> None:
+        recorded.append(reading)
+
+    async def emit(reading: Reading) -> None:
+        recorded.append(reading)
+
+    def types() -> list[str]:
+        return [r.type for r in recorded]
+
+    async with run_site_simulators(site, travel_time_s=0.05) as sims:
+        sim = sims["gate-x"]
+        assert isinstance(sim, BarrierGateSimulator)
+        hub = TransportHub()
+        driver = create_driver(site.device("gate-x"), hub, emit)
+        supervisor = DeviceSupervisor(driver, record, offline_after=2, max_backoff_s=0.1)
+        task = asyncio.create_task(supervisor.run())
+        try:
+            await _until(lambda: "gate.state" in types(), "first gate.state")
+            assert recorded[0].data["state"] == "closed"
+            await asyncio.sleep(0.2)
+            assert types() == ["gate.state"]  # steady polling adds nothing
+
+            sim.server.unit(1).mode = "dead"
+            await _until(lambda: "device.offline" in types(), "device.offline")
+            sim.press_open()  # moved while the gateway could not see it
+            await _until(lambda: sim.gate_state == "open", "gate open")
+            sim.server.unit(1).mode = "ok"
+            await _until(lambda: types().count("gate.state") == 2, "gate.state after the outage")
+
+            after = types()[types().index("device.offline") + 1 :]
+            assert after == ["device.online", "gate.state"]  # no gate.opened: nobody saw it move
+            assert recorded[-1].data == {"state": "open", "loop_occupied": False}
+            await asyncio.sleep(0.2)
+            assert types().count("gate.state") == 2  # once per return, not every poll
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                async with asyncio.timeout(5):
+                    await task
+            await hub.close()

@@ -82,8 +82,53 @@ async def test_bad_answers_are_protocol_errors(mode: str, reason: str) -> None:
             with pytest.raises(DeviceProtocolError, match=f"^gate-a: .*{reason}"):
                 await a.poll()
         sims["gate-a"].server.unit(1).mode = "ok"  # type: ignore[attr-defined]
-        assert await a.poll() == []  # the driver carries on once the unit behaves
+        # The driver carries on once the unit behaves; its first good read says where the gate is.
+        assert [r.type for r in await a.poll()] == ["gate.state"]
+        assert await a.poll() == []
         stats = a.bus.stats  # type: ignore[attr-defined]
         await hub.close()
     assert stats.protocol_errors == 3
     assert stats.timeouts == 0
+
+
+async def test_a_driver_bug_costs_its_device_not_the_gateway() -> None:
+    """An unexpected exception in poll() is a failed poll for that device; the supervisor goes on."""
+    from edge.supervisor import DeviceSupervisor
+
+    spec = _site(free_port(), free_port())
+    for dev in spec["devices"]:
+        dev["poll_interval_s"] = 0.05
+    site = parse_site_config(spec)
+    recorded: list[Reading] = []
+    got_one = asyncio.Event()
+
+    async def record(_: object, reading: Reading) -> None:
+        recorded.append(reading)
+        got_one.set()
+
+    async with run_site_simulators(site, only={"gate-a"}):
+        hub = TransportHub()
+        a: Driver = create_driver(site.device("gate-a"), hub, _noop)
+        real_poll = a.poll
+        calls = 0
+
+        async def buggy_poll() -> list[Reading]:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                raise KeyError("a bug")
+            return await real_poll()
+
+        a.poll = buggy_poll  # type: ignore[method-assign]
+        supervisor = DeviceSupervisor(a, record, max_backoff_s=0.1)
+        task = asyncio.create_task(supervisor.run())
+        try:
+            async with asyncio.timeout(5):
+                await got_one.wait()
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await hub.close()
+    assert supervisor.health.errors == 1
+    assert supervisor.health.polls >= 2
+    assert [r.type for r in recorded] == ["gate.state"]  # the next poll worked

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -77,14 +78,15 @@ async def rig() -> AsyncIterator[Rig]:
 
 
 async def test_reads_and_writes_over_rtu(rig: Rig) -> None:
-    assert await rig.driver.poll() == []
+    assert [r.type for r in await rig.driver.poll()] == ["gate.state"]  # where it starts
     assert rig.driver.snapshot()["state"] == "closed"
     state = await rig.driver.execute("open", {})
     assert state["state"] == "open"
     assert rig.sim.commands == ["open"]
     assert [r.type for r in rig.emitted] == ["gate.opened"]
     # Its neighbour on the same line answers with its own state.
-    assert await rig.other_driver.poll() == []
+    (first,) = await rig.other_driver.poll()
+    assert (first.type, first.data["state"]) == ("gate.state", "closed")
     assert rig.other_driver.snapshot()["state"] == "closed"
     # Bytes really crossed the pty link both ways.
     assert rig.link.relayed["to_server"] > 0 and rig.link.relayed["to_client"] > 0
@@ -95,8 +97,12 @@ async def test_reads_and_writes_over_rtu(rig: Rig) -> None:
 async def test_silent_unit_is_unreachable_and_named(rig: Rig) -> None:
     await rig.driver.poll()
     rig.sim.server.unit(3).mode = "dead"
+    started = time.monotonic()
+    # pymodbus' reply timeout is the only timer on a request (ModbusBus adds none): it must fire.
     with pytest.raises(DeviceUnreachable, match=r"^gate-rtu: .*no answer from unit 3 on rtu://"):
-        await rig.driver.poll()
+        async with asyncio.timeout(5):
+            await rig.driver.poll()
+    assert time.monotonic() - started < 1.5  # two tries of 0.2 s and a 0.05 s backoff
     assert rig.bus.stats.timeouts == 2  # one try + one retry
     # The other unit on the line still answers, and the dead one recovers when it comes back.
     await rig.other_driver.poll()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import math
+import struct
 import time
 from collections.abc import AsyncIterator
 
@@ -10,6 +12,8 @@ import pytest
 
 from drivers.base import DeviceProtocolError, DeviceUnreachable
 from drivers.hub import TransportHub
+from drivers.points import Point, compile_points, read_plan, read_points
+from drivers.transports import codec
 from drivers.transports.modbus import ModbusBus, ReadBlock, coalesce
 from simulators.modbus_server import ModbusSimServer, SimUnit
 from steward.config import ModbusTcpTransport
@@ -102,8 +106,11 @@ async def test_illegal_address_is_protocol_error(bus: ModbusBus, server: ModbusS
 async def test_dead_unit_times_out_with_bounded_retries(server: ModbusSimServer, bus: ModbusBus) -> None:
     server.unit(2).mode = "dead"
     started = time.monotonic()
+    # ModbusBus puts no timer of its own around a request: pymodbus' reply timeout must end it.
+    # The test's bound turns a hang into a failure here instead of a stuck suite.
     with pytest.raises(DeviceUnreachable, match=r"dev2: .*no answer from unit 2"):
-        await bus.read_holding(2, 0, 1, "dev2")
+        async with asyncio.timeout(5):
+            await bus.read_holding(2, 0, 1, "dev2")
     elapsed = time.monotonic() - started
     assert 0.35 < elapsed < 1.5  # two attempts of 0.2 s plus a short backoff
     assert bus.stats.timeouts == 2
@@ -141,3 +148,63 @@ async def test_hub_shares_one_bus_and_close_refuses_later_requests(server: Modbu
     await hub.close()
     with pytest.raises(DeviceUnreachable, match="closed"):
         await a.read_holding(1, 0, 1, "dev1")
+
+
+async def test_read_plan_decodes_as_the_codec_does(server: ModbusSimServer, bus: ModbusBus) -> None:
+    """Every type in every word order, scaled or not, in both tables: the precompiled plan (one pack
+    per block, values unpacked in place) gives exactly what codec.decode gives register by register."""
+    unit = server.unit(1)
+    points: list[Point] = []
+    address = {"input": 0, "holding": 0}
+    values = {
+        "int16": -1234,
+        "uint16": 54321,
+        "int32": -123456789,
+        "uint32": 3_000_000_000,
+        "int64": -(2**40) - 7,
+        "uint64": 2**63 + 5,
+        "float32": -3.25,
+        "float64": 1234.5678,
+    }
+    for i, (dtype, value) in enumerate(values.items()):
+        for j, order in enumerate(codec.WORD_ORDERS):
+            table = "input" if (i + j) % 2 else "holding"
+            scale, offset = ((0.1, -40.0), (1.0, 0.0))[j % 2]
+            regs = codec.encode(value, dtype, order)  # type: ignore[arg-type]
+            at = address[table]
+            unit.set(table, at, regs)  # type: ignore[arg-type]
+            points.append(
+                Point(
+                    name=f"p_{dtype}_{order.lower()}",
+                    table=table,
+                    address=at,
+                    type=dtype,  # type: ignore[arg-type]
+                    order=order,
+                    scale=scale,
+                    offset=offset,
+                )  # type: ignore[arg-type]
+            )
+            address[table] = at + len(regs) + (3 if j == 1 else 0)  # some holes to coalesce over
+    plan = compile_points(points)
+    before = bus.stats.requests
+    got = await read_plan(bus, 1, plan, "meter")
+    assert bus.stats.requests - before == len(plan.reads) == 2  # one block per table
+    for p in points:
+        regs = unit.get(p.table, p.address, p.length)
+        assert got[p.name] == codec.decode(regs, p.type, p.order, p.scale, p.offset), p.name
+    assert list(got) == [p.name for p in points if p.table == points[0].table] + [
+        p.name for p in points if p.table != points[0].table
+    ]
+    assert await read_points(bus, 1, points, "meter") == got
+
+
+def test_block_layout_matches_decode_raw() -> None:
+    for dtype in codec.DATA_TYPES:
+        for order in codec.WORD_ORDERS:
+            n = codec.register_count(dtype)  # type: ignore[arg-type]
+            regs = [(0x1357 * (k + 3)) & 0xFFFF for k in range(n)]
+            little, fmt = codec.block_layout(dtype, order)  # type: ignore[arg-type]
+            block = struct.pack(("<" if little else ">") + "H" * (n + 1), 0xFFFF, *regs)
+            raw = fmt.unpack_from(block, 2)[0]
+            expected = codec.decode_raw(regs, dtype, order)  # type: ignore[arg-type]
+            assert raw == expected or (math.isnan(raw) and math.isnan(expected)), (dtype, order)

@@ -3,8 +3,9 @@
 A bus is a TCP gateway (``tcp://host:port``) or an RS-485 line (``rtu:///dev/ttyUSB0``). Modbus is
 one-request-at-a-time per line, so the bus owns one pymodbus client and a lock; drivers for units
 on the same bus queue on it while other buses run in parallel. The bus does I/O policy only:
-per-request timeout, bounded retries with backoff (outside the lock, so one dead unit does not
-starve its neighbours), reconnecting after the link drops, and counting what happened.
+per-request timeout (pymodbus' own reply timeout, ``timeout_s``), bounded retries with backoff
+(outside the lock, so one dead unit does not starve its neighbours), reconnecting after the link
+drops, and counting what happened.
 
 Errors are mapped onto the drivers' error tree, always naming the device::
 
@@ -15,6 +16,7 @@ Errors are mapped onto the drivers' error tree, always naming the device::
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -43,12 +45,12 @@ MAX_READ_REGISTERS = 125
 MAX_READ_BITS = 2000
 
 Table = Literal["holding", "input", "coils", "discrete"]
-# table -> (words for messages, pymodbus client method, response attribute, most per request)
+# table -> (message template: address, count; pymodbus client method, response attribute, most per request)
 _READS: dict[str, tuple[str, str, str, int]] = {
-    "holding": ("holding", "read_holding_registers", "registers", MAX_READ_REGISTERS),
-    "input": ("input", "read_input_registers", "registers", MAX_READ_REGISTERS),
-    "coils": ("coils", "read_coils", "bits", MAX_READ_BITS),
-    "discrete": ("discrete inputs", "read_discrete_inputs", "bits", MAX_READ_BITS),
+    "holding": ("read holding {}+{}", "read_holding_registers", "registers", MAX_READ_REGISTERS),
+    "input": ("read input {}+{}", "read_input_registers", "registers", MAX_READ_REGISTERS),
+    "coils": ("read coils {}+{}", "read_coils", "bits", MAX_READ_BITS),
+    "discrete": ("read discrete inputs {}+{}", "read_discrete_inputs", "bits", MAX_READ_BITS),
 }
 
 _EXCEPTION_NAMES = {
@@ -222,7 +224,7 @@ class ModbusBus:
         self,
         device_id: str,
         unit: int,
-        what: str,
+        what: str | tuple[str, int, int],
         call: Callable[[AsyncModbusTcpClient | AsyncModbusSerialClient], Awaitable[ModbusPDU]],
         check: Callable[[ModbusPDU], str | None] | None = None,
     ) -> ModbusPDU:
@@ -239,6 +241,7 @@ class ModbusBus:
                 last_reason = str(exc)
                 continue
             if isinstance(response, ExceptionResponse) or response.isError():
+                what = _describe(what)
                 code = getattr(response, "exception_code", 0)
                 name = _EXCEPTION_NAMES.get(code, "unknown")
                 raise self._protocol_error(
@@ -246,6 +249,7 @@ class ModbusBus:
                 )
             problem = check(response) if check else None
             if problem:
+                what = _describe(what)
                 raise self._protocol_error(
                     device_id, unit, f"{what}: unit {unit} sent a bad reply: {problem}"
                 )
@@ -256,7 +260,7 @@ class ModbusBus:
         self.stats.last_error = f"unit {unit}: {last_reason}"
         self._log_failure(device_id, unit, last_reason)
         raise DeviceUnreachable(
-            device_id, f"{what}: no answer from unit {unit} on {self.key} ({last_reason})"
+            device_id, f"{_describe(what)}: no answer from unit {unit} on {self.key} ({last_reason})"
         )
 
     async def _attempt(
@@ -266,16 +270,21 @@ class ModbusBus:
         call: Callable[[AsyncModbusTcpClient | AsyncModbusSerialClient], Awaitable[ModbusPDU]],
     ) -> ModbusPDU:
         async with self._lock:
-            client = await self._connected_client(device_id)
+            client = self._client
+            if client is None or not client.connected:
+                client = await self._connected_client(device_id)
             if self._frame_gap:
                 wait = self._last_frame + self._frame_gap - time.monotonic()
                 if wait > 0:
                     await asyncio.sleep(wait)
             self.stats.requests += 1
             try:
-                # pymodbus has its own timeout; ours is the outer bound in case it ever misses one.
-                async with asyncio.timeout(self.transport.timeout_s * 1.5 + 0.1):
-                    response = await call(client)
+                # No timer of ours around this: pymodbus sends synchronously and then waits for the
+                # reply with asyncio.wait_for(timeout_s) (TransactionManager.execute, retries=0), so
+                # the wait is bounded already (test_dead_unit_times_out_with_bounded_retries fails if
+                # it is not). A second timer per request is pure overhead at hundreds of requests a
+                # second; the supervisor's per-poll bound and the command timeout stay as backstops.
+                response = await call(client)
                 # pymodbus waits with asyncio.wait_for, which on Python 3.11 can swallow a cancel that
                 # lands as its timeout fires; the caller's loop would then never stop. Re-raise it.
                 task = asyncio.current_task()
@@ -300,7 +309,8 @@ class ModbusBus:
             except ModbusException as exc:
                 raise self._protocol_error(device_id, unit, f"unit {unit}: {exc}") from exc
             finally:
-                self._last_frame = time.monotonic()
+                if self._frame_gap:  # only RTU needs to know when the line went quiet
+                    self._last_frame = time.monotonic()
 
     def _drop_client(self) -> None:
         if self._client is not None:
@@ -332,6 +342,7 @@ class ModbusBus:
     # ------------------------------------------------------------------ public operations
 
     @staticmethod
+    @functools.lru_cache(maxsize=256)  # one checker per (kind, count) rather than one per request
     def _check_count(attr: str, count: int) -> Callable[[ModbusPDU], str | None]:
         def check(resp: ModbusPDU) -> str | None:
             got = len(getattr(resp, attr))
@@ -343,16 +354,20 @@ class ModbusBus:
 
     async def _read(self, table: Table, unit: int, address: int, count: int, device_id: str) -> list[Any]:
         what, method, attr, limit = _READS[table]
-        _limit(device_id, count, limit)
+        if not 1 <= count <= limit:
+            _limit(device_id, count, limit)
         resp = await self._request(
             device_id,
             unit,
-            f"read {what} {address}+{count}",
+            # Formatted only if the read fails: most polls succeed.
+            (what, address, count),
             lambda c: getattr(c, method)(address, count=count, device_id=unit),
             self._check_count(attr, count),
         )
-        # Bits come back padded to a whole byte; registers were checked to match exactly.
-        return list(getattr(resp, attr)[:count])
+        # Bits come back padded to a whole byte; registers were checked to match exactly (and the
+        # response is ours alone, so its list needs no copy).
+        values: list[Any] = getattr(resp, attr)
+        return values if attr == "registers" else values[:count]
 
     async def read_holding(self, unit: int, address: int, count: int, device_id: str) -> list[int]:
         return await self._read("holding", unit, address, count, device_id)
@@ -419,7 +434,9 @@ class ModbusBus:
     ) -> dict[int, int | bool]:
         """Read every span with as few requests as possible; return address -> value."""
         bits = table in ("coils", "discrete")
-        blocks = coalesce(spans, max_count=MAX_READ_BITS if bits else MAX_READ_REGISTERS, max_gap=max_gap)
+        # Pollers pass the same spans every time; planning the reads once per span set is cheaper.
+        key = tuple(s if isinstance(s, int) else (s[0], s[1]) for s in spans)  # hashable, lists too
+        blocks = _coalesce_cached(key, MAX_READ_BITS if bits else MAX_READ_REGISTERS, max_gap)
         reader: Callable[[int, int, int, str], Awaitable[Sequence[int | bool]]] = {
             "holding": self.read_holding,
             "input": self.read_input,
@@ -431,6 +448,17 @@ class ModbusBus:
             got = await reader(unit, block.address, block.count, device_id)
             values.update(zip(range(block.address, block.end), got, strict=True))
         return values
+
+
+@functools.lru_cache(maxsize=512)
+def _coalesce_cached(
+    spans: tuple[int | tuple[int, int], ...], max_count: int, max_gap: int
+) -> tuple[ReadBlock, ...]:
+    return tuple(coalesce(spans, max_count=max_count, max_gap=max_gap))
+
+
+def _describe(what: str | tuple[str, int, int]) -> str:
+    return what if isinstance(what, str) else what[0].format(what[1], what[2])
 
 
 def _limit(device_id: str, count: int, maximum: int) -> None:
