@@ -1,15 +1,22 @@
 """Drain a deep backlog from the gateway's buffer into the cloud's store, with acknowledgements.
 
-    python -m bench.bench_drain                      # 200,000 events through the embedded broker
-    python -m bench.bench_drain --events 1000000 --broker mosquitto
+    python -m bench.bench_drain                      # 200,000 events, deployed topology (below)
+    python -m bench.bench_drain --events 1000000     # the goal's size
+    python -m bench.bench_drain --cloud inline --broker embedded   # everything in one Python process
     python -m bench.bench_drain --postgres           # store in PostgreSQL 127.0.0.1:5432/test
-    python -m bench.bench_drain --cloud process      # analysis: the cloud in its own process
     python -m bench.bench_drain --cloud trivial      # analysis: gateway + broker only (no store)
+
+Topology. By default as deployed: the gateway (this process), the broker (Mosquitto, its own process;
+the embedded amqtt broker in this process if Mosquitto is not installed) and the cloud service (its
+own process). ``--cloud inline --broker embedded`` puts all three in this one Python process, sharing
+one interpreter lock and event loop.
 
 Figures: end-to-end events/s (buffer -> MQTT -> cloud ingest -> SQLite commit -> ack -> buffer
 delete), and the same batches published raw with paho at QoS 1 through the same broker to a raw
 subscriber that does nothing, measured in the same run: the transport's ceiling. The run ends by
-counting distinct event ids in the cloud store, which must equal the events buffered.
+counting distinct event ids in the cloud store, which must equal the events buffered. Also printed: the
+CPU time each process used during the drain, per event; on a shared machine that moves far less with
+the load than events/s does.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import shutil
 import sqlite3
 import subprocess
@@ -90,7 +98,7 @@ async def _raw_baseline(port: int, n: int, sample: EventBatch) -> float:
 
 
 @contextlib.asynccontextmanager
-async def _broker(kind: str, tmp: Path):  # type: ignore[no-untyped-def]
+async def _broker(kind: str, tmp: Path, pids: dict[str, int]):  # type: ignore[no-untyped-def]
     if kind == "embedded":
         async with EmbeddedBroker(port=0) as b:
             yield b.port
@@ -101,6 +109,7 @@ async def _broker(kind: str, tmp: Path):  # type: ignore[no-untyped-def]
         f"listener {port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\npersistence false\n"
     )
     proc = await asyncio.create_subprocess_exec("mosquitto", "-c", str(conf), stderr=subprocess.DEVNULL)
+    pids["broker"] = proc.pid
     try:
         await asyncio.sleep(0.5)
         yield port
@@ -121,9 +130,16 @@ async def _trivial_acker(port: int, ready: asyncio.Event) -> None:
             await client.publish(msg.topic.rsplit("/", 2)[0] + "/down/acks", ack, qos=1)
 
 
-async def _cloud_process(settings: Any, ready: asyncio.Event) -> None:
-    """Analysis (``--cloud process``): the same cloud service in its own Python process, as deployed —
-    the gateway, the embedded broker and the cloud no longer share one interpreter lock."""
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds a live process has used so far (Linux /proc)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _cloud_process(settings: Any, ready: asyncio.Event, pids: dict[str, int]) -> None:
+    """``--cloud process`` (the default): the same cloud service in its own Python process, as deployed:
+    the gateway and the cloud do not share one interpreter lock."""
     code = (
         "import asyncio, sys\n"
         "from cloud.main import serve\n"
@@ -133,6 +149,7 @@ async def _cloud_process(settings: Any, ready: asyncio.Event) -> None:
         "asyncio.run(serve(CloudSettings.model_validate_json(sys.argv[1])))\n"
     )
     proc = await asyncio.create_subprocess_exec(sys.executable, "-c", code, settings.model_dump_json())
+    pids["cloud"] = proc.pid
     try:
         url = f"http://127.0.0.1:{settings.http_port}/metrics"
         async with httpx.AsyncClient() as http:
@@ -167,7 +184,7 @@ async def _pg_counts(settings: Any) -> tuple[int, int]:
     return int(stored), int(rows)
 
 
-async def _run(n: int, broker_kind: str, cloud_kind: str = "full", pg_url: str | None = None) -> None:
+async def _run(n: int, broker_kind: str, cloud_kind: str = "process", pg_url: str | None = None) -> None:
     from cloud.main import serve
     from cloud.settings import CloudSettings
 
@@ -177,7 +194,8 @@ async def _run(n: int, broker_kind: str, cloud_kind: str = "full", pg_url: str |
         t0 = time.perf_counter()
         await _fill(buf_path, n)
         print(f"buffered {n:,} events in {time.perf_counter() - t0:.1f} s")
-        async with _broker(broker_kind, tmp) as port:
+        pids: dict[str, int] = {}
+        async with _broker(broker_kind, tmp, pids) as port:
             site = parse_site_config(
                 {
                     "site_id": "bench",
@@ -234,11 +252,13 @@ async def _run(n: int, broker_kind: str, cloud_kind: str = "full", pg_url: str |
                 if cloud_kind == "trivial":
                     cloud = tg.create_task(_trivial_acker(port, ready))
                 elif cloud_kind == "process":
-                    cloud = tg.create_task(_cloud_process(settings, ready))
+                    cloud = tg.create_task(_cloud_process(settings, ready, pids))
                 else:
                     cloud = tg.create_task(serve(settings, ready=ready))
                 await asyncio.wait_for(ready.wait(), 30)
                 gw = Gateway(site)
+                cpu0 = {name: _cpu_s(pid) for name, pid in pids.items()}
+                cpu0["gateway"] = time.process_time()
                 started = time.perf_counter()
                 gw_task = tg.create_task(gw.run())
                 await asyncio.wait_for(gw.started.wait(), 30)
@@ -247,6 +267,8 @@ async def _run(n: int, broker_kind: str, cloud_kind: str = "full", pg_url: str |
                     if (await gw.buffer.stats()).depth == 0:  # type: ignore[union-attr]
                         break
                 elapsed = time.perf_counter() - started
+                cpu = {name: _cpu_s(pid) - cpu0[name] for name, pid in pids.items()}
+                cpu["gateway"] = time.process_time() - cpu0["gateway"]
                 gw_task.cancel()
                 cloud.cancel()
             if cloud_kind == "trivial":
@@ -258,12 +280,23 @@ async def _run(n: int, broker_kind: str, cloud_kind: str = "full", pg_url: str |
                     stored = conn.execute("SELECT COUNT(DISTINCT id) FROM events").fetchone()[0]
                     rows = conn.execute("SELECT COUNT(*) FROM events").fetchone()[0]
         rate = n / elapsed
-        print(f"broker: {broker_kind}; cloud: {cloud_kind}; store: {'postgresql' if pg_url else 'sqlite'}")
+        where = {
+            "process": "the cloud in its own process",
+            "inline": "the cloud in the gateway's process",
+            "trivial": "no cloud: an acker that stores nothing, in the gateway's process",
+        }[cloud_kind]
+        broker_where = (
+            "Mosquitto, its own process" if broker_kind == "mosquitto" else "amqtt, in the gateway's process"
+        )
+        print(f"topology: gateway process; broker: {broker_where}; {where}")
+        print(f"store: {'postgresql' if pg_url else 'sqlite'}")
         print(f"end to end: {n:,} events in {elapsed:.1f} s = {rate:,.0f} events/s (goal >= {GOAL_RATE:,})")
         print(
             f"raw paho QoS 1, same batches, no store: {raw_rate:,.0f} events/s; ratio {rate / raw_rate:.2f}"
         )
         print(f"cloud store: {stored:,} distinct events, {rows:,} rows (must both be {n:,})")
+        shares = "; ".join(f"{name} {sec:.1f} s = {sec / n * 1e6:.0f} us/event" for name, sec in cpu.items())
+        print(f"CPU during the drain: {shares}; wall {elapsed:.1f} s on {os.cpu_count()} cores")
         if stored != n or rows != n:
             raise SystemExit("drain lost or duplicated events")
     finally:
@@ -282,16 +315,27 @@ def main() -> None:
         const="postgresql+asyncpg://postgres@127.0.0.1:5432/test",
         help="store in PostgreSQL (a fresh schema, dropped afterwards) instead of SQLite",
     )
-    parser.add_argument("--broker", choices=["embedded", "mosquitto"], default="embedded")
+    parser.add_argument(
+        "--broker",
+        choices=["embedded", "mosquitto"],
+        default=None,
+        help="mosquitto (default when installed): its own process, as deployed; "
+        "embedded: amqtt in this process",
+    )
     parser.add_argument(
         "--cloud",
-        choices=["full", "process", "trivial"],
-        default="full",
-        help="full: the cloud in this process (the figure of record); process: the cloud in its own "
-        "process, as deployed; trivial: an acker that stores nothing (the gateway's and broker's ceiling)",
+        choices=["process", "inline", "trivial"],
+        default="process",
+        help="process (default): the cloud in its own process, as deployed; inline: in this process, "
+        "sharing its interpreter lock; trivial: an acker that stores nothing (the gateway's and broker's "
+        "ceiling)",
     )
     args = parser.parse_args()
     configure_logging("ERROR")
+    if args.broker is None:
+        args.broker = "mosquitto" if shutil.which("mosquitto") else "embedded"
+        if args.broker == "embedded":
+            print("mosquitto is not installed: the embedded broker runs in the gateway's process")
     if args.broker == "mosquitto" and not shutil.which("mosquitto"):
         raise SystemExit("mosquitto is not installed")
     asyncio.run(_run(args.events, args.broker, args.cloud, args.postgres))

@@ -16,6 +16,7 @@ end a group, so nothing overtakes them.
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ log = structlog.get_logger("steward.cloud.ingest")
 GROUP_MAX_BATCHES = 16  # event batches committed in one transaction when they queue up
 GROUP_MAX_EVENTS = 8000
 PARSE_AHEAD = 32  # parsed messages waiting for the store stage
+_heap_frozen = False
 
 
 class Rejected(Exception):
@@ -123,6 +125,16 @@ class Ingest:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10)
         self.log.info("ingest.subscribed", filters=uplink_filters(self.settings))
+        # What exists now (modules, the app, the engine) lives as long as the process. Parsing a batch
+        # allocates tens of tracked objects per event, so the collector runs often; frozen, its full
+        # collections no longer walk the whole start-up heap each time (in an ingest measurement this
+        # halved the cost of parsing). Once per process: frozen cyclic garbage is never collected, so a
+        # process that starts many clouds (the tests) must not keep freezing them.
+        global _heap_frozen
+        if not _heap_frozen:
+            _heap_frozen = True
+            gc.collect()
+            gc.freeze()
         self.ready.set()
         queue: asyncio.Queue[_Parsed | _Other] = asyncio.Queue(maxsize=PARSE_AHEAD)
         async with asyncio.TaskGroup() as tg:
@@ -204,11 +216,14 @@ class Ingest:
 
     async def _commit(self, group: list[_Parsed]) -> list[store.BatchOutcome]:
         now = utcnow()
+        skew = self.settings.max_clock_skew_s
+        # Each gateway's row is upserted once per transaction, with its latest batch's clock skew, and
+        # before any batch's devices (which reference it).
+        latest = {(item.batch.site_id, item.batch.gateway_id): item.batch for item in group}
         async with self.sessions() as session, session.begin():
-            return [
-                await store.ingest_batch(session, item.batch, now, self.settings.max_clock_skew_s)
-                for item in group
-            ]
+            for batch in latest.values():
+                await store.touch_batch_gateway(session, batch, now, skew)
+            return [await store.ingest_batch(session, item.batch, now, skew, touch=False) for item in group]
 
     def _store_failed(self, item: _Parsed, exc: Exception) -> None:
         gateway, topic = item.topics.gateway_id, item.topics.events

@@ -72,7 +72,7 @@ async def touch_gateway(
 
 
 async def ingest_batch(
-    session: AsyncSession, batch: EventBatch, now: datetime, max_skew_s: float = 120.0
+    session: AsyncSession, batch: EventBatch, now: datetime, max_skew_s: float = 120.0, *, touch: bool = True
 ) -> BatchOutcome:
     """Insert every event once (insert-or-ignore on the ULID) and apply the new ones to device state.
 
@@ -82,16 +82,13 @@ async def ingest_batch(
     ``BEGIN IMMEDIATE`` (cloud/db.py) — and only the new rows are inserted with ``executemany``;
     on PostgreSQL one ``INSERT ... SELECT FROM unnest(...) ON CONFLICT DO NOTHING RETURNING id``
     answers which rows were new even with several cloud instances inserting concurrently.
+
+    ``touch=False``: the caller already ran :func:`touch_batch_gateway` in this transaction for a
+    batch of the same gateway (group commit touches each gateway once, with its latest batch).
     """
     skew = (batch.sent_at - now).total_seconds()
-    await touch_gateway(
-        session,
-        batch.site_id,
-        batch.gateway_id,
-        now,
-        clock_skew_s=round(skew, 3),
-        clock_skewed=abs(skew) > max_skew_s,
-    )
+    if touch:
+        await touch_batch_gateway(session, batch, now, max_skew_s)
     by_id = {e.id: e for e in batch.events}
     if _dialect(session) == "postgresql":
         inserted = await _insert_events_pg(session, batch, list(by_id.values()), now)
@@ -104,6 +101,21 @@ async def ingest_batch(
         duplicates=len(batch.events) - len(inserted),
         new_events=new_events,
         clock_skew_s=skew,
+    )
+
+
+async def touch_batch_gateway(
+    session: AsyncSession, batch: EventBatch, now: datetime, max_skew_s: float = 120.0
+) -> None:
+    """:func:`touch_gateway` for the gateway that sent ``batch``, with the clock skew the batch shows."""
+    skew = (batch.sent_at - now).total_seconds()
+    await touch_gateway(
+        session,
+        batch.site_id,
+        batch.gateway_id,
+        now,
+        clock_skew_s=round(skew, 3),
+        clock_skewed=abs(skew) > max_skew_s,
     )
 
 
@@ -142,10 +154,20 @@ def _location_json(location: Location | None, cache: dict[Location, str]) -> str
 def _sqlite_ts(value: datetime) -> str:
     """What SQLAlchemy's SQLite DATETIME stores for :class:`cloud.tables.UTCDateTime`: naive UTC
     text, always with microseconds (``2026-03-01 08:00:00.000000``)."""
-    if value.tzinfo is not UTC:
+    offset = value.utcoffset()
+    # By offset, not by tzinfo identity: a UTC time with another tzinfo object needs no conversion.
+    if offset is None or offset:
         value = value.astimezone(UTC)
     text_ = value.isoformat(" ")  # "YYYY-MM-DD HH:MM:SS[.ffffff]+00:00"
     return text_[:26] if value.microsecond else f"{text_[:19]}.000000"
+
+
+def _sqlite_ts_cached(value: datetime, cache: dict[datetime, str]) -> str:
+    """:func:`_sqlite_ts` memoised per batch: its events share received_at and often ts."""
+    text_ = cache.get(value)
+    if text_ is None:
+        text_ = cache[value] = _sqlite_ts(value)
+    return text_
 
 
 _SQLITE_EXISTING = "SELECT id FROM events WHERE id IN (SELECT value FROM json_each(?))"
@@ -167,6 +189,7 @@ async def _insert_events_sqlite(
         return []
     site, gateway, stored_at = batch.site_id, batch.gateway_id, _sqlite_ts(now)
     locations: dict[Location, str] = {}
+    times: dict[datetime, str] = {}
     rows = []
     for i in new_ids:
         e = by_id[i]
@@ -179,8 +202,8 @@ async def _insert_events_sqlite(
                 e.device_id,
                 e.type,
                 _severity(e.type),
-                _sqlite_ts(e.ts),
-                _sqlite_ts(e.received_at),
+                _sqlite_ts_cached(e.ts, times),
+                _sqlite_ts_cached(e.received_at, times),
                 stored_at,
                 _location_json(e.location, locations),
                 _json(e.data),

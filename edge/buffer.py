@@ -6,7 +6,10 @@ so a crash, a reboot or a week without uplink loses nothing that :meth:`EventBuf
 Flow::
 
     gateway --record()--> pending queue --writer task--> one transaction per batch (group commit)
-    uplink  --take_batch()--> in flight (memory) --ack()--> deleted | --release()--> unsent again
+    uplink  --take_json()--> in flight (memory) --ack_soon()--> deleted | --release()--> unsent again
+
+``take_json`` hands the uplink the events' wire JSON, built by SQLite, and resumes after the last seq it
+handed out; ``take_batch`` is the same with validated ``Event`` models (tests, tools, and every resend).
 
 Threads: one worker thread owns the ``sqlite3`` connection and runs every statement, so the event loop
 never blocks on the disk and statements never interleave. :class:`_Store` is that synchronous half;
@@ -74,6 +77,9 @@ _EVICTION_ORDER = (3, 2, 1, 0)
 MAX_ROWS_PER_COMMIT = 10_000
 # record() waits this long for its commit; a stuck disk must surface as an error, not a hung driver.
 COMMIT_TIMEOUT_S = 30.0
+# How often the one timer for all waiting record() calls checks their deadlines (so a timeout fires up to
+# this much late).
+WATCHDOG_INTERVAL_S = 1.0
 # Reads, acks and housekeeping share the same bound.
 OP_TIMEOUT_S = 30.0
 CLOSE_TIMEOUT_S = 30.0
@@ -119,6 +125,24 @@ _INSERT = (
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _SELECT_COLUMNS = "seq, id, device_id, type, ts, received_at, payload"
+
+
+def _iso_sql(column: str) -> str:
+    """SQL for the wire form of a microsecond timestamp, ``2026-01-01T08:00:00.000000Z``: floor
+    division, so a time before 1970 is right too (SQLite's ``/`` and ``%`` truncate toward zero)."""
+    us = f"(({column} % 1000000) + 1000000) % 1000000"
+    return (
+        f"strftime('%Y-%m-%dT%H:%M:%S', ({column} - {us}) / 1000000, 'unixepoch') || printf('.%06dZ', {us})"
+    )
+
+
+# One event's wire JSON, built by SQLite from the stored row (what Event.model_dump_json() carries;
+# the receiver parses it either way). json_extract keeps the stored JSON of data and location as JSON.
+_JSON_COLUMNS = (
+    "seq, json_object('id', id, 'seq', seq, 'device_id', device_id, 'type', type,"
+    f" 'ts', {_iso_sql('ts')}, 'received_at', {_iso_sql('received_at')},"
+    " 'location', json_extract(payload, '$.l'), 'data', json_extract(payload, '$.d'))"
+)
 
 _EVENT_LIST = TypeAdapter(list[Event])
 
@@ -184,6 +208,7 @@ class _Pending:
     drafts: list[EventDraft]
     received_at: datetime
     future: asyncio.Future[list[Event]]
+    deadline: float  # loop time by which the commit must have finished (COMMIT_TIMEOUT_S)
 
 
 @dataclass(slots=True)
@@ -203,6 +228,11 @@ class _Store:
         self.clock = clock
         self.lock = threading.Lock()
         self.in_flight: set[int] = set()
+        # Per class (safety, the rest): the last seq take() went past, the highest it ever went past,
+        # and where a release() sends both back to. In flight lives in memory, so all start at zero.
+        self.marks = [0, 0]
+        self.handed = [0, 0]
+        self.rewind_to: int | None = None
         self.commits = 0
         self.depth: int = conn.execute("SELECT count(*) FROM events").fetchone()[0]
         high = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
@@ -499,62 +529,134 @@ class _Store:
         self.evicted.update(ev.by_type)
 
     # ---- reading ---------------------------------------------------------------------------------
-    def take(self, limit: int) -> list[Event]:
-        """Up to ``limit`` events not in flight, safety first then by seq; marks them in flight."""
+    def _rewind(self) -> bool:
+        """Apply a pending ``release`` to the high-water marks; True if the next rows may have been
+        handed out before (a resend)."""
+        with self.lock:
+            rewind = self.rewind_to
+            self.rewind_to = None
+        if rewind is not None:
+            self.marks = [min(m, rewind) for m in self.marks]
+        return any(m < h for m, h in zip(self.marks, self.handed, strict=True))
+
+    def _pick(self, limit: int, columns: str) -> list[tuple[Any, ...]]:
+        """Up to ``limit`` rows not in flight, safety first then by seq, as ``columns`` (seq first).
+
+        Each class (safety, the rest) resumes after its high-water mark, the last seq it handed out:
+        every row at or below it is in flight or gone, so with batches in flight a deep backlog costs
+        what a take returns, not a rescan of the in-flight rows. Only after ``release`` lowered a mark
+        are in-flight rows met again, and skipped.
+        """
         picked: list[tuple[Any, ...]] = []
         queries = (
-            f"SELECT {_SELECT_COLUMNS} FROM events WHERE severity = 0 ORDER BY seq",
+            f"SELECT {columns} FROM events WHERE severity = 0 AND seq > ? ORDER BY seq",
             # `+severity` keeps the planner on the rowid order instead of the index (which would need a sort).
-            f"SELECT {_SELECT_COLUMNS} FROM events WHERE +severity != 0 ORDER BY seq",
+            f"SELECT {columns} FROM events WHERE seq > ? AND +severity != 0 ORDER BY seq",
         )
-        for sql in queries:
+        in_flight = self.in_flight
+        for cls, sql in enumerate(queries):
             if len(picked) >= limit:
                 break
-            cur = self.conn.execute(sql)
+            mark = self.marks[cls]
+            cur = self.conn.execute(sql, (mark,))
             try:
                 while len(picked) < limit:
-                    chunk = cur.fetchmany(max(limit, 256))
+                    chunk = cur.fetchmany(max(limit - len(picked), 256) if in_flight else limit - len(picked))
                     if not chunk:
                         break
                     for row in chunk:
-                        if row[0] not in self.in_flight:
+                        mark = row[0]
+                        if mark not in in_flight:
                             picked.append(row)
                             if len(picked) >= limit:
                                 break
             finally:
                 cur.close()
+            self.marks[cls] = mark
+            self.handed[cls] = max(self.handed[cls], mark)
+        return picked
+
+    def _mark_taken(self, seqs: list[int]) -> None:
+        with self.lock:
+            self.in_flight.update(seqs)
+
+    def take(self, limit: int) -> list[Event]:
+        """Up to ``limit`` events not in flight, safety first then by seq; marks them in flight."""
+        self._rewind()
+        return self._decode(self._pick(limit, _SELECT_COLUMNS))
+
+    def _decode(self, picked: list[tuple[Any, ...]]) -> list[Event]:
+        """Full validation, row by row: an undecodable row is dropped (and logged), never sent."""
         events: list[Event] = []
         bad: list[int] = []
         for row in picked:
             try:
                 events.append(_event_from_row(row))
-            except (ValidationError, ValueError) as exc:
+            except (ValidationError, ValueError, OverflowError) as exc:
                 # One undecodable row must not block the queue forever; say so and drop it.
                 log.error("buffer.bad_row_dropped", seq=row[0], error=str(exc))
                 bad.append(row[0])
         if bad:
             self._delete_seqs(bad)
-        with self.lock:
-            self.in_flight.update(e.seq for e in events)
+        self._mark_taken([e.seq for e in events])
         return events
 
+    def take_json(self, limit: int) -> tuple[list[int], bytes]:
+        """Like :meth:`take`, but the events come as their wire JSON (comma-separated, no brackets),
+        built by SQLite from the stored row, with no model per event: the uplink's hot path.
+
+        The rows were validated when they were written, so a first send trusts them. A resend (after
+        ``release``: no ack came, perhaps because the cloud refused the batch) and rows SQLite cannot
+        read as JSON go through :meth:`take`'s full validation instead, which drops a damaged row rather
+        than sending it again and again.
+        """
+        if not self._rewind():
+            marks, handed = list(self.marks), list(self.handed)
+            try:
+                picked = self._pick(limit, _JSON_COLUMNS)
+            except sqlite3.OperationalError as exc:
+                if "JSON" not in str(exc):
+                    raise
+                self.marks, self.handed = marks, handed
+            else:
+                seqs = [row[0] for row in picked]
+                self._mark_taken(seqs)
+                return seqs, ",".join([row[1] for row in picked]).encode()
+        events = self._decode(self._pick(limit, _SELECT_COLUMNS))
+        return [e.seq for e in events], b",".join([e.to_bytes() for e in events])
+
     def ack(self, seqs: Sequence[int]) -> int:
-        seqs = list(seqs)
-        if not seqs:
+        """Delete acked events: one statement per run of consecutive seqs (a batch is mostly one run)."""
+        ordered = sorted(set(seqs))
+        if not ordered:
             return 0
+        runs: list[tuple[int, int]] = []
+        start = prev = ordered[0]
+        for s in ordered[1:]:
+            if s != prev + 1:
+                runs.append((start, prev))
+                start = s
+            prev = s
+        runs.append((start, prev))
         try:
             self.conn.execute("BEGIN IMMEDIATE")
-            cur = self.conn.executemany("DELETE FROM events WHERE seq = ?", [(s,) for s in seqs])
+            cur = self.conn.executemany("DELETE FROM events WHERE seq BETWEEN ? AND ?", runs)
             self.conn.execute("COMMIT")
         except BaseException:
             self._rollback()
             raise
-        self._forget(seqs, cur.rowcount)
+        self._forget(ordered, cur.rowcount)
         return cur.rowcount
 
     def release(self, seqs: Iterable[int]) -> None:
+        seqs = list(seqs)
+        if not seqs:
+            return
         with self.lock:
             self.in_flight.difference_update(seqs)
+            # Below the high-water marks again: the next take lowers them to here (see _pick).
+            low = min(seqs) - 1
+            self.rewind_to = low if self.rewind_to is None else min(self.rewind_to, low)
 
     def available(self) -> bool:
         with self.lock:
@@ -663,6 +765,10 @@ class EventBuffer:
         self._closed = False
         self._close_lock = asyncio.Lock()
         self._broken: BaseException | None = None
+        self._committing: list[_Pending] = []
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._acks: list[tuple[list[int], asyncio.Future[None] | None]] = []
+        self._ack_flusher: asyncio.Task[None] | None = None
         self._writer = asyncio.create_task(self._write_loop(), name="edge-buffer-writer")
 
     @classmethod
@@ -723,14 +829,28 @@ class EventBuffer:
         if self._broken is not None:
             raise BufferError(f"the buffer writer stopped: {self._broken!r}")
         fut: asyncio.Future[list[Event]] = self._loop.create_future()
-        self._pending.append(_Pending(drafts, self._clock(), fut))
+        self._pending.append(_Pending(drafts, self._clock(), fut, self._loop.time() + COMMIT_TIMEOUT_S))
         self._wake.set()
-        try:
-            async with asyncio.timeout(COMMIT_TIMEOUT_S):
-                return await fut
-        except TimeoutError:
-            # The write may still land later; the caller must treat the event as possibly recorded.
-            raise BufferError(f"commit did not finish within {COMMIT_TIMEOUT_S:.0f} s") from None
+        if self._watchdog is None:
+            self._watchdog = self._loop.call_later(WATCHDOG_INTERVAL_S, self._expire_overdue)
+        return await fut
+
+    def _expire_overdue(self) -> None:
+        """Fail the callers whose commit is past its deadline. One timer for all of them: a timeout
+        context per record() cost a third of a concurrent record's time on the event loop."""
+        self._watchdog = None
+        now = self._loop.time()
+        waiting = False
+        for p in (*self._committing, *self._pending):
+            if p.future.done():
+                continue
+            if p.deadline <= now:
+                # The write may still land later; the caller must treat the event as possibly recorded.
+                p.future.set_exception(BufferError(f"commit did not finish within {COMMIT_TIMEOUT_S:.0f} s"))
+            else:
+                waiting = True
+        if waiting:
+            self._watchdog = self._loop.call_later(WATCHDOG_INTERVAL_S, self._expire_overdue)
 
     def _clock(self) -> datetime:
         return self._store.clock()
@@ -771,9 +891,10 @@ class EventBuffer:
         return batch
 
     async def _commit(self, batch: list[_Pending]) -> None:
+        self._committing = batch
         try:
-            # No timeout here: the job cannot be cancelled once running, and each caller already waits
-            # with its own timeout; abandoning it would let the next commit race it on the connection.
+            # No timeout here: the job cannot be cancelled once running, and the watchdog already fails
+            # callers past their deadline; abandoning it would let the next commit race it on the connection.
             results, due = await self._loop.run_in_executor(
                 self._executor, self._store.insert, [(p.drafts, p.received_at) for p in batch]
             )
@@ -784,6 +905,8 @@ class EventBuffer:
                 if not p.future.done():
                     p.future.set_exception(err)
             return
+        finally:
+            self._committing = []
         for p, result in zip(batch, results, strict=True):
             if p.future.done():
                 continue  # the caller gave up (timeout or cancel); the events are stored regardless
@@ -825,8 +948,19 @@ class EventBuffer:
         """
         if limit <= 0:
             return []
+        events = await self._take(self._store.take, limit)
+        return events
+
+    async def take_json(self, limit: int) -> tuple[list[int], bytes]:
+        """:meth:`take_batch` for the uplink: the seqs taken, and their events' wire JSON joined by
+        commas (the inside of ``EventBatch.events``), without building a model per event."""
+        if limit <= 0:
+            return [], b""
+        return await self._take(self._store.take_json, limit)
+
+    async def _take(self, fn: Callable[[int], T], limit: int) -> T:
         self._check_open()
-        fut = self._executor.submit(self._store.take, limit)
+        fut = self._executor.submit(fn, limit)
         try:
             async with asyncio.timeout(OP_TIMEOUT_S):
                 return await asyncio.wrap_future(fut)
@@ -840,17 +974,72 @@ class EventBuffer:
                 raise _map_error(exc, "reading events") from exc
             raise
 
-    def _release_abandoned(self, fut: concurrent.futures.Future[list[Event]]) -> None:
+    def _release_abandoned(self, fut: concurrent.futures.Future[Any]) -> None:
         if fut.cancelled() or fut.exception() is not None:
             return
-        self._store.release(e.seq for e in fut.result())
+        result = fut.result()
+        self._store.release(result[0] if isinstance(result, tuple) else [e.seq for e in result])
         with contextlib.suppress(RuntimeError):  # the loop may be gone at shutdown
             self._loop.call_soon_threadsafe(self._changed.set)
 
     async def ack(self, seqs: Sequence[int]) -> None:
-        """The cloud stored these: delete them. Unknown seqs are ignored (already evicted or acked)."""
-        if seqs:
-            await self._run(self._store.ack, list(seqs), doing="acking events")
+        """The cloud stored these: delete them. Unknown seqs are ignored (already evicted or acked).
+
+        Returns once they are deleted; acks that arrive meanwhile share the next transaction.
+        """
+        if not seqs:
+            return
+        fut: asyncio.Future[None] = self._loop.create_future()
+        self._queue_ack(list(seqs), fut)
+        await fut
+
+    def ack_soon(self, seqs: Sequence[int]) -> None:
+        """Like :meth:`ack` without waiting: the uplink's next ack need not wait for this DELETE.
+
+        The events stay in flight (never taken again) until deleted; if the delete fails they are
+        released, so they go again and the cloud de-duplicates them: nothing is lost either way.
+        """
+        if seqs and not self._closing:
+            self._queue_ack(list(seqs), None)
+
+    def _queue_ack(self, seqs: list[int], fut: asyncio.Future[None] | None) -> None:
+        self._acks.append((seqs, fut))
+        if self._ack_flusher is None or self._ack_flusher.done():
+            self._ack_flusher = self._loop.create_task(self._flush_acks(), name="edge-buffer-acks")
+
+    async def _flush_acks(self) -> None:
+        """Delete every queued ack in one transaction per round; acks queued during a round go in the
+        next. Not cancelled by close(), which waits for it: an ack already received is applied."""
+        while self._acks:
+            acks, self._acks = self._acks, []
+            seqs = [s for chunk, _ in acks for s in chunk]
+            try:
+                async with asyncio.timeout(OP_TIMEOUT_S):
+                    await self._loop.run_in_executor(self._executor, self._store.ack, seqs)
+            except asyncio.CancelledError:
+                # The loop is going away; whoever waits must not hang. Undeleted events go again later.
+                for _, fut in acks + self._acks:
+                    if fut is not None and not fut.done():
+                        fut.set_exception(BufferError("the buffer stopped before the ack was applied"))
+                self._acks.clear()
+                raise
+            except Exception as exc:
+                err = (
+                    _map_error(exc, "acking events")
+                    if isinstance(exc, sqlite3.Error)
+                    else BufferError(f"acking events failed: {exc!r}")
+                )
+                orphaned = [s for chunk, fut in acks if fut is None for s in chunk]
+                if orphaned:
+                    log.error("buffer.ack_failed_will_resend", events=len(orphaned), error=str(err))
+                    self.release(orphaned)
+                for _, fut in acks:
+                    if fut is not None and not fut.done():
+                        fut.set_exception(err)
+                continue
+            for _, fut in acks:
+                if fut is not None and not fut.done():
+                    fut.set_result(None)
 
     def release(self, seqs: Sequence[int]) -> None:
         """Make these unsent again (resend after a timeout or link loss)."""
@@ -901,6 +1090,8 @@ class EventBuffer:
                     log.error("buffer.close_timeout", pending=len(self._pending))
                     self._writer.cancel()
                     await asyncio.wait({self._writer}, timeout=5)
+                if self._ack_flusher is not None:
+                    await asyncio.wait({self._ack_flusher}, timeout=OP_TIMEOUT_S)
             finally:
                 try:
                     await self._loop.run_in_executor(self._executor, self._store.close)

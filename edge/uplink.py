@@ -14,10 +14,11 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import pydantic_core
 import structlog
 
-from protocol import BatchAck, EventBatch, Topics, new_id
-from protocol.models import utcnow
+from protocol import BatchAck, Topics, new_id
+from protocol.models import PROTOCOL_VERSION, utcnow
 from steward.mqtt import MqttClient, MqttError
 
 if TYPE_CHECKING:
@@ -25,6 +26,15 @@ if TYPE_CHECKING:
     from steward.config import BufferConfig
 
 log = structlog.get_logger("steward.uplink")
+
+
+@dataclass(slots=True)
+class _Outgoing:
+    """One ``EventBatch`` ready to publish: its id, the buffer seqs it carries, and its bytes."""
+
+    batch_id: str
+    seqs: list[int]
+    payload: bytes
 
 
 @dataclass(slots=True)
@@ -61,6 +71,7 @@ class Uplink:
         self.window = window
         self._inflight: dict[str, _InFlight] = {}
         self._slots = asyncio.Semaphore(window)
+        self._sending: set[asyncio.Task[None]] = set()
         self.stats = UplinkStats()
         self.log = log.bind(site=topics.site_id, gateway=topics.gateway_id)
 
@@ -70,16 +81,24 @@ class Uplink:
 
     async def run(self) -> None:
         """Send loop; runs until cancelled. Pair it with :meth:`run_resender` in the same TaskGroup."""
-        while True:
-            await self._slots.acquire()
-            try:
-                batch = await self._next_batch()
-                await self._send(batch)
-            except BaseException:
-                self._slots.release()
-                raise
+        try:
+            while True:
+                await self._slots.acquire()
+                try:
+                    batch = await self._next_batch()
+                except BaseException:
+                    self._slots.release()
+                    raise
+                # Publish in a task: the next batch is read from the buffer while this one waits for
+                # its PUBACK. Tasks start in creation order, so batches reach the broker in seq order.
+                task = asyncio.get_running_loop().create_task(self._send(batch))
+                self._sending.add(task)
+                task.add_done_callback(self._sending.discard)
+        finally:
+            for task in list(self._sending):
+                task.cancel()
 
-    async def _next_batch(self) -> EventBatch:
+    async def _next_batch(self) -> _Outgoing:
         while True:
             if not self.client.is_connected:
                 await self.client.wait_connected(timeout=None)
@@ -88,26 +107,38 @@ class Uplink:
             # Linger briefly so a burst leaves as one batch instead of many tiny ones.
             if self.config.linger_ms:
                 await asyncio.sleep(self.config.linger_ms / 1000)
-            events = await self.buffer.take_batch(self.config.batch_size)
-            if events:
-                return EventBatch(
-                    batch_id=new_id(),
-                    site_id=self.topics.site_id,
-                    gateway_id=self.topics.gateway_id,
-                    sent_at=utcnow(),
-                    events=events,
+            seqs, events_json = await self.buffer.take_json(self.config.batch_size)
+            if seqs:
+                batch_id = new_id()
+                # The EventBatch's JSON around the events the buffer serialised (no model per event);
+                # the header goes through pydantic-core so its values are escaped and formatted like
+                # EventBatch.to_bytes() does.
+                head = pydantic_core.to_json(
+                    {
+                        "v": PROTOCOL_VERSION,
+                        "batch_id": batch_id,
+                        "site_id": self.topics.site_id,
+                        "gateway_id": self.topics.gateway_id,
+                        "sent_at": utcnow(),
+                    }
                 )
+                return _Outgoing(batch_id, seqs, head[:-1] + b',"events":[' + events_json + b"]}")
 
-    async def _send(self, batch: EventBatch) -> None:
-        seqs = [e.seq for e in batch.events]
+    async def _send(self, batch: _Outgoing) -> None:
+        seqs = batch.seqs
         self._inflight[batch.batch_id] = _InFlight(seqs, time.monotonic())
         try:
             await self.client.publish(
-                self.topics.events, batch.to_bytes(), qos=1, timeout=self.config.resend_timeout_s
+                self.topics.events, batch.payload, qos=1, timeout=self.config.resend_timeout_s
             )
         except MqttError as exc:
             self.stats.publish_errors += 1
             self.log.warning("uplink.publish_failed", batch=batch.batch_id, events=len(seqs), error=str(exc))
+            self._give_back(batch.batch_id)
+            return
+        except Exception:
+            # Nobody awaits this task: say what happened and let the events go again.
+            self.log.exception("uplink.send_failed", batch=batch.batch_id, events=len(seqs))
             self._give_back(batch.batch_id)
             return
         self.stats.batches_sent += 1
@@ -128,7 +159,10 @@ class Uplink:
             self.log.warning("uplink.cloud_error", batch=ack.batch_id, error=ack.error)
             self.buffer.release(flight.seqs)
         else:
-            await self.buffer.ack(flight.seqs)
+            # Committed by the cloud, so the events may go. The DELETE runs behind this call (acks
+            # arriving meanwhile share one transaction); until it is done they stay in flight, so
+            # nothing is taken twice, and if it fails they are released and sent again.
+            self.buffer.ack_soon(flight.seqs)
             self.stats.acks += 1
             self.stats.last_ack_at = time.time()
             lat = (time.monotonic() - flight.sent) * 1000

@@ -386,3 +386,147 @@ async def test_sigkill_mid_stream_loses_no_event_record_returned(tmp_path: Path)
         stored = {e.seq for e in await drain(buf, limit=1_000_000)}
     missing = set(printed) - stored
     assert not missing, f"{len(missing)} acknowledged events lost, e.g. {sorted(missing)[:5]}"
+
+
+# ---- the uplink's path: wire JSON straight from SQLite, high-water marks, acks behind the caller ----
+
+
+async def test_take_json_is_the_same_events_as_take_batch(tmp_path: Path) -> None:
+    """What the uplink sends without building models parses to exactly the events take_batch builds."""
+    from protocol import EventBatch
+
+    config = cfg(tmp_path)
+    async with await EventBuffer.open(config) as buf:
+        await buf.record_many(
+            [
+                EventDraft(
+                    "door-7",
+                    "door.opened",
+                    T0.replace(microsecond=0),
+                    {"card": "42", "n": 1.5, "big": 10**20, "text": 'é"\\\n', "none": None, "list": [1, {}]},
+                    Location(building="B2", apartment="1203"),
+                ),
+                EventDraft("panel-1", "fire.alarm", datetime(1969, 7, 20, 20, 17, 40, 1, tzinfo=UTC), {}),
+                draft(kwh=1.0e300),
+            ]
+        )
+        seqs, body = await buf.take_json(10)
+        buf.release(seqs)
+        events = await buf.take_batch(10)
+    batch = EventBatch.model_validate_json(
+        b'{"batch_id":"b","site_id":"s","gateway_id":"g","sent_at":"2026-03-01T12:00:00Z","events":['
+        + body
+        + b"]}"
+    )
+    assert seqs == [e.seq for e in events] == [2, 1, 3]  # safety first, like take_batch
+    assert list(batch.events) == events
+
+
+async def test_takes_resume_after_what_is_in_flight_and_a_release_goes_again_first(tmp_path: Path) -> None:
+    async with await EventBuffer.open(cfg(tmp_path)) as buf:
+        await buf.record_many([draft(i=i) for i in range(10)])
+        a, _ = await buf.take_json(3)
+        b, _ = await buf.take_json(3)
+        assert (a, b) == ([1, 2, 3], [4, 5, 6])
+        buf.release(a[1:])  # no ack came for two of them
+        c, _ = await buf.take_json(3)
+        assert c == [2, 3, 7]  # released ones first (seq order), skipping what is still in flight
+        d, _ = await buf.take_json(10)
+        assert d == [8, 9, 10]
+        assert (await buf.take_json(10))[0] == []
+        f = await buf.record(draft("fire.alarm", "panel-1"))
+        assert (await buf.take_json(10))[0] == [f.seq]  # new rows past the marks are found at once
+        await buf.ack([*a, *b, *c, *d, f.seq])
+        assert (await buf.stats()).depth == 0
+
+
+async def test_a_damaged_row_is_sent_once_then_dropped_on_the_resend(tmp_path: Path) -> None:
+    """The fast path trusts what the buffer wrote; if the cloud refuses the batch (no ack, so it is
+    released), the resend validates every row and drops the damaged one instead of blocking the queue."""
+    config = cfg(tmp_path)
+    async with await EventBuffer.open(config) as buf:
+        await buf.record_many([draft(i=i) for i in range(3)])
+        with sqlite3.connect(config.path) as conn:
+            conn.execute("UPDATE events SET device_id = 'bad/id' WHERE seq = 2")
+        with capture_logs() as logs:
+            first, body = await buf.take_json(10)
+            assert first == [1, 2, 3] and b"bad/id" in body
+            buf.release(first)  # the cloud refused the batch: no ack
+            again, body = await buf.take_json(10)
+            assert again == [1, 3] and b"bad/id" not in body
+            await buf.ack(again)
+
+            # A row SQLite cannot read as JSON: that take validates at once and drops it.
+            await buf.record_many([draft(i=i) for i in range(2)])
+            with sqlite3.connect(config.path) as conn:
+                conn.execute("UPDATE events SET payload = '{not json' WHERE seq = 5")
+            assert (await buf.take_json(10))[0] == [4]
+        assert [r["seq"] for r in logs if r["event"] == "buffer.bad_row_dropped"] == [2, 5]
+        assert (await buf.stats()).depth == 1
+
+
+async def test_ack_soon_deletes_behind_the_caller_and_close_waits_for_it(tmp_path: Path) -> None:
+    config = cfg(tmp_path)
+    async with await EventBuffer.open(config) as buf:
+        await buf.record_many([draft(i=i) for i in range(6)])
+        first, _ = await buf.take_json(2)
+        second, _ = await buf.take_json(2)
+        buf.ack_soon(first)
+        buf.ack_soon(second)
+        # Not deleted yet, but not taken again either: acked events stay in flight until their delete.
+        assert (await buf.take_json(10))[0] == [5, 6]
+    with sqlite3.connect(config.path) as conn:
+        left = [r[0] for r in conn.execute("SELECT seq FROM events ORDER BY seq")]
+    assert left == [5, 6]
+
+
+async def test_a_failed_ack_delete_sends_the_events_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with await EventBuffer.open(cfg(tmp_path)) as buf:
+        await buf.record_many([draft(i=i) for i in range(3)])
+        seqs, _ = await buf.take_json(3)
+
+        def broken(_seqs: object) -> int:
+            raise sqlite3.OperationalError("disk I/O error")
+
+        monkeypatch.setattr(buf._store, "ack", broken)
+        with capture_logs() as logs:
+            buf.ack_soon(seqs)
+            async with asyncio.timeout(5):
+                while not await buf.wait_for_events(timeout=0.05):
+                    pass
+        assert any(r["event"] == "buffer.ack_failed_will_resend" for r in logs)
+        monkeypatch.undo()
+        again, _ = await buf.take_json(3)
+        assert again == seqs  # the cloud de-duplicates them; nothing was lost
+        await buf.ack(again)
+        assert (await buf.stats()).depth == 0
+
+
+async def test_a_stuck_commit_fails_record_after_the_commit_timeout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time
+
+    import edge.buffer as buffer_module
+
+    monkeypatch.setattr(buffer_module, "COMMIT_TIMEOUT_S", 0.3)
+    monkeypatch.setattr(buffer_module, "WATCHDOG_INTERVAL_S", 0.05)
+    async with await EventBuffer.open(cfg(tmp_path)) as buf:
+        real_insert = buf._store.insert
+
+        def stuck_disk(batch: object) -> object:
+            time.sleep(1.0)
+            return real_insert(batch)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(buf._store, "insert", stuck_disk)
+        started = asyncio.get_running_loop().time()
+        results = await asyncio.gather(buf.record(draft()), buf.record(draft()), return_exceptions=True)
+        waited = asyncio.get_running_loop().time() - started
+        assert all(isinstance(r, BufferError) and "did not finish" in str(r) for r in results)
+        assert 0.3 <= waited < 0.9  # failed by the deadline, not when the disk came back
+        monkeypatch.undo()
+        # The late commit still lands: the caller was told "possibly recorded", and it was.
+        await asyncio.sleep(1.0)
+        assert (await buf.stats()).depth == 2

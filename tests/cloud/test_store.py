@@ -125,3 +125,47 @@ async def test_silent_gateway_goes_offline_and_devices_unknown(
     assert gw is not None
     assert gw.online is False
     assert set(devices) == {None}
+
+
+async def test_group_commit_touches_each_gateway_once_with_its_latest_batch(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    """Ingest commits queued batches together and upserts each gateway once, before any of them (their
+    devices reference it), with the clock skew of its latest batch."""
+    from cloud.hub import Hub
+    from cloud.ingest import Ingest, _Parsed
+    from cloud.metrics import Metrics
+    from protocol.topics import Topics
+
+    now = datetime.now(UTC)
+    batches = [
+        make_batch([make_event("meter-1", "meter.reading", 1)], sent_at=now - timedelta(seconds=600)),
+        make_batch([make_event("gate-9", "gate.opened", 1)], gateway="gw-9", sent_at=now),
+        make_batch([make_event("meter-1", "meter.reading", 2)], sent_at=now - timedelta(seconds=1)),
+    ]
+    ingest = Ingest(CloudSettings(), sessions, None, Hub(), Metrics())  # type: ignore[arg-type]
+    group = [_Parsed(Topics("steward", b.site_id, b.gateway_id), b, 0.0) for b in batches]
+    outcomes = await ingest._commit(group)
+    assert [o.stored for o in outcomes] == [1, 1, 1]
+    async with sessions() as s:
+        gateways = {g.id: g for g in (await s.execute(select(Gateway))).scalars()}
+        devices = {d.id: d.gateway_id for d in (await s.execute(select(Device))).scalars()}
+    assert gateways[GATEWAY].clock_skew_s > -120 and not gateways[GATEWAY].clock_skewed  # the latest batch
+    assert "gw-9" in gateways and devices["gate-9"] == "gw-9"
+
+
+def test_ids_are_checked_natively_with_the_topic_segment_rule() -> None:
+    """protocol.models checks ids in Rust; the rule must stay the topic layer's (check_segment)."""
+    from pydantic import ValidationError
+
+    from protocol.models import SEGMENT_PATTERN
+    from protocol.topics import _SEGMENT, check_segment
+
+    assert _SEGMENT.pattern == SEGMENT_PATTERN
+    for bad in ["a/b", "+", "#", "", "x" * 65, "sp ace", "gw\n"]:
+        with pytest.raises(ValidationError, match="id must be 1-64 characters"):
+            make_batch([make_event("meter-1", "meter.reading", 1)], gateway=bad)
+    for good in ["gw-1", "A.b_c-9", "x" * 64]:
+        assert make_batch([make_event(good, "meter.reading", 1)], gateway=good).gateway_id == check_segment(
+            good, "id"
+        )
