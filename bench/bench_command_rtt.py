@@ -1,31 +1,46 @@
-"""Command round trip: HTTP POST -> cloud -> broker -> gateway that answers at once -> status succeeded,
-against a raw MQTT publish-and-echo round trip on the same broker in the same run.
+"""Command round trip: an operator's HTTP POST to "open" until the API reports the gate open, through the
+real parts: the cloud (uvicorn, SQLite store, signing), the broker, the real gateway (signature check,
+replay store, barrier-gate driver over Modbus TCP) and the barrier-gate simulator with zero travel time.
+Baseline, same run and broker: a raw paho QoS 1 publish-and-echo round trip.
 
-    .venv/bin/python -m bench.bench_command_rtt [N]
+    .venv/bin/python -m bench.bench_command_rtt [N] [--broker amqtt|mosquitto|both] [--layout ...]
 
-Runs on the embedded amqtt broker, and on Mosquitto at 127.0.0.1:1883 when it is there.
+Each sample is one ``open`` (POST, then ``GET /commands/{id}?wait=5`` until final); an untimed ``close``
+between samples puts the gate back so every ``open`` really drives it. Runs on the embedded amqtt
+broker, and on Mosquitto at 127.0.0.1:1883 when it answers.
+
+``--layout processes`` (default) runs them as deployed: the broker (amqtt: ``steward broker run``), the
+cloud (``steward cloud run``) and the gateway with its simulator each in their own process; this process
+is only the HTTP client and the raw baseline's two paho clients. ``--layout one`` puts everything on one
+event loop (how earlier figures were taken; every hop then competes for one interpreter).
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
+import json
+import os
 import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 
-from cloud import CloudSettings, serve
-from protocol import Command, CommandResult, CommandStatus, DeviceInfo, GatewayStatus, Topics, new_id
+from protocol import new_id
 from steward.mqtt import MqttClient
 
-SITE, GATEWAY = "bench-site", "bench-gw"
+GATE = "gate-1"
+ROOT = Path(__file__).resolve().parents[1]
+# Child processes import from the tree this file is in (a checkout of another commit measures that).
+_STEWARD = [sys.executable, "-c", "from steward.cli import app; app()"]
 
 
 def _free_port() -> int:
@@ -40,26 +55,44 @@ def _reachable(port: int) -> bool:
     return False
 
 
-@contextlib.asynccontextmanager
-async def _amqtt() -> AsyncIterator[int]:
-    from amqtt.broker import Broker
+async def _until_reachable(port: int, proc: subprocess.Popen[bytes], what: str) -> None:
+    async with asyncio.timeout(30):
+        while not _reachable(port):
+            if proc.poll() is not None:
+                raise RuntimeError(f"{what} exited with {proc.returncode} during start-up")
+            await asyncio.sleep(0.05)
 
-    port = _free_port()
-    broker = Broker(
-        {
-            "listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{port}"}},
-            "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
-        }
-    )
-    await broker.start()
+
+@contextlib.contextmanager
+def _child(args: list[str], env: dict[str, str] | None = None) -> Any:
+    proc = subprocess.Popen(args, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE)
     try:
-        yield port
+        yield proc
     finally:
-        await broker.shutdown()
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
 
 
 @contextlib.asynccontextmanager
-async def _mosquitto() -> AsyncIterator[int]:
+async def _amqtt(layout: str) -> AsyncIterator[int]:
+    if layout == "one":
+        from steward.broker import EmbeddedBroker
+
+        async with EmbeddedBroker(port=0) as broker:
+            yield broker.port
+        return
+    port = _free_port()
+    with _child([*_STEWARD, "broker", "run", "--port", str(port)]) as proc:
+        await _until_reachable(port, proc, "the broker")
+        yield port
+
+
+@contextlib.asynccontextmanager
+async def _mosquitto(layout: str) -> AsyncIterator[int]:
     yield 1883
 
 
@@ -68,69 +101,169 @@ def _pct(samples: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
 
 
-async def _gateway(client: MqttClient, topics: Topics) -> None:
-    """Answer every command with succeeded, at once."""
-    async for msg in client.messages():
-        cmd = Command.model_validate_json(msg.payload)
-        result = CommandResult(
-            command_id=cmd.id,
-            gateway_id=GATEWAY,
-            device_id=cmd.device_id,
-            status=CommandStatus.SUCCEEDED,
-            at=datetime.now(UTC),
-        )
-        await client.publish(topics.results, result.to_bytes(), qos=1)
+async def _until_final(http: httpx.AsyncClient, cmd: dict[str, Any]) -> dict[str, Any]:
+    while not cmd["final"]:
+        resp = await http.get(f"/commands/{cmd['id']}", params={"wait": 5, "seen": cmd["status"]})
+        resp.raise_for_status()
+        cmd = resp.json()
+    return cmd
+
+
+async def _command(http: httpx.AsyncClient, action: str) -> dict[str, Any]:
+    resp = await http.post(f"/devices/{GATE}/commands", json={"action": action})
+    resp.raise_for_status()
+    cmd = await _until_final(http, resp.json())
+    if cmd["status"] != "succeeded":
+        raise RuntimeError(f"{action} ended {cmd['status']}: {cmd['result_reason']}")
+    return cmd
+
+
+def _cloud_env(port: int, tmp: Path, prefix: str, http_port: int) -> dict[str, str]:
+    return {
+        "STEWARD_CLOUD_DATABASE_URL": f"sqlite+aiosqlite:///{tmp / 'cloud.db'}",
+        "STEWARD_CLOUD_BROKER_PORT": str(port),
+        "STEWARD_CLOUD_HTTP_PORT": str(http_port),
+        "STEWARD_CLOUD_TOPIC_PREFIX": prefix,
+        "STEWARD_CLOUD_CLIENT_ID": f"bench-cloud-{prefix[-6:]}",
+        "STEWARD_CLOUD_COMMAND_SIGNING_KEY_FILE": str(tmp / "command-signing.pem"),
+        "STEWARD_CLOUD_BROKER_ACCOUNTS_FILE": str(tmp / "broker-accounts.json"),
+    }
+
+
+def _site(port: int, tmp: Path, prefix: str, sim_port: int, public_key: str) -> dict[str, Any]:
+    return {
+        "site_id": "bench-site",
+        "site_name": "Bench estate",
+        "gateway_id": f"bench-gw-{prefix[-6:]}",
+        "uplink": {
+            "broker_url": f"mqtt://127.0.0.1:{port}",
+            "topic_prefix": prefix,
+            # The gateway checks every command's signature, as deployed.
+            "command_public_key": public_key,
+        },
+        "buffer": {"path": str(tmp / "edge.db")},
+        "devices": [
+            {
+                "id": GATE,
+                "kind": "barrier_gate",
+                "transport": {"type": "modbus_tcp", "host": "127.0.0.1", "port": sim_port, "unit": 1},
+                "poll_interval_s": 1.0,
+                # No button-press hold: with zero travel the driver's own work is all that is left.
+                "options": {"pulse_s": 0},
+            }
+        ],
+    }
+
+
+@contextlib.asynccontextmanager
+async def _edge(site: dict[str, Any]) -> AsyncIterator[None]:
+    """The gateway and a zero-travel gate simulator on the simulator's port in ``site``, until the block
+    ends (this loop, ``--layout one``)."""
+    from edge.gateway import Gateway
+    from simulators.barrier_gate import BarrierGateSimulator
+    from steward.config import parse_site_config
+
+    sim = BarrierGateSimulator(travel_time_s=0, port=site["devices"][0]["transport"]["port"])
+    await sim.start()
+    try:
+        async with asyncio.TaskGroup() as tg:
+            gateway = Gateway(parse_site_config(site, "bench-site"))
+            edge = tg.create_task(gateway.run(), name="bench-gateway")
+            async with asyncio.timeout(30):
+                await gateway.started.wait()
+            try:
+                yield
+            finally:
+                edge.cancel()
+    finally:
+        await sim.stop()
+
+
+async def _edge_child(site: dict[str, Any]) -> None:
+    """``--edge-child``: the gateway and its simulator in this process, until terminated."""
+    import signal
+
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    async with _edge(site):
+        print("ready", flush=True)
+        await stop.wait()
+
+
+@contextlib.asynccontextmanager
+async def _system(port: int, tmp: Path, layout: str) -> AsyncIterator[str]:
+    """Cloud, gateway and simulator on ``port``'s broker; yields the API's base URL."""
+    from cloud import CloudSettings, serve
+    from cloud.auth.keys import load_command_signing_key
+    from protocol.signing import public_key_b64
+
+    prefix = f"bench{new_id().lower()[-8:]}"
+    http_port = _free_port()
+    env = _cloud_env(port, tmp, prefix, http_port)
+    settings = CloudSettings.from_env(env)
+    site = _site(port, tmp, prefix, _free_port(), public_key_b64(load_command_signing_key(settings)))
+    if layout == "one":
+        async with asyncio.TaskGroup() as tg:
+            ready = asyncio.Event()
+            cloud = tg.create_task(serve(settings, ready=ready), name="bench-cloud")
+            async with asyncio.timeout(30):
+                await ready.wait()
+            try:
+                async with _edge(site):
+                    yield f"http://127.0.0.1:{http_port}/api/v1"
+            finally:
+                cloud.cancel()
+        return
+    site_file = tmp / "site.json"
+    site_file.write_text(json.dumps(site))
+    with (
+        _child([*_STEWARD, "cloud", "run", "--log-level", "WARNING"], env) as cloud,
+        _child([sys.executable, "-m", "bench.bench_command_rtt", "--edge-child", str(site_file)]) as edge,
+    ):
+        await _until_reachable(http_port, cloud, "the cloud")
+        assert edge.stdout is not None
+        line = await asyncio.wait_for(asyncio.to_thread(edge.stdout.readline), 30)
+        if line.strip() != b"ready":
+            raise RuntimeError(f"the gateway did not start: {line!r}")
+        yield f"http://127.0.0.1:{http_port}/api/v1"
+
+
+async def _command_rtt(port: int, n: int, tmp: Path, layout: str) -> list[float]:
+    from cloud import CloudSettings
+    from cloud.auth import create_user
+
+    samples: list[float] = []
+    async with _system(port, tmp, layout) as base:
+        settings = CloudSettings(database_url=f"sqlite+aiosqlite:///{tmp / 'cloud.db'}", run_migrations=False)
+        async with httpx.AsyncClient(base_url=base, timeout=15) as http:
+            async with asyncio.timeout(30):
+                # The cloud migrates its database at start-up; the account goes in once it answers.
+                while (await http.get("/devices")).status_code != 401:  # noqa: ASYNC110
+                    await asyncio.sleep(0.05)
+            password = await create_user(settings, "bench", replace=True)
+            login = await http.post("/auth/login", json={"username": "bench", "password": password})
+            login.raise_for_status()
+            http.headers["Authorization"] = f"Bearer {login.json()['access_token']}"
+            async with asyncio.timeout(30):
+                # The gateway's retained status registers the gate; poll the API until it has.
+                while (await http.get(f"/devices/{GATE}")).status_code != 200:  # noqa: ASYNC110
+                    await asyncio.sleep(0.05)
+            await _command(http, "close")
+            for i in range(n + 10):
+                t0 = time.perf_counter()
+                done = await _command(http, "open")
+                elapsed = time.perf_counter() - t0
+                if done["result_state"].get("state") != "open":
+                    raise RuntimeError(f"gate not open after a succeeded open: {done['result_state']}")
+                if i >= 10:  # warm-up
+                    samples.append(elapsed)
+                await _command(http, "close")  # untimed: the next open drives the gate again
+    return samples
 
 
 async def _echo(client: MqttClient, reply: str) -> None:
     async for msg in client.messages():
         await client.publish(reply, msg.payload, qos=1)
-
-
-async def _command_rtt(port: int, n: int, db: Path) -> list[float]:
-    prefix = f"bench{new_id().lower()[-8:]}"
-    settings = CloudSettings(
-        database_url=f"sqlite+aiosqlite:///{db}",
-        broker_port=port,
-        http_port=_free_port(),
-        topic_prefix=prefix,
-        client_id=f"bench-cloud-{prefix[-6:]}",
-    )
-    topics = Topics(prefix, SITE, GATEWAY)
-    ready = asyncio.Event()
-    samples: list[float] = []
-    async with asyncio.TaskGroup() as tg:
-        cloud = tg.create_task(serve(settings, ready=ready))
-        await asyncio.wait_for(ready.wait(), 20)
-        gw = MqttClient("127.0.0.1", port, client_id=f"bench-gw-{prefix[-6:]}")
-        await gw.connect()
-        await gw.subscribe(topics.commands)
-        answering = tg.create_task(_gateway(gw, topics))
-        status = GatewayStatus(
-            site_id=SITE,
-            gateway_id=GATEWAY,
-            online=True,
-            at=datetime.now(UTC),
-            devices=[DeviceInfo(id="gate-1", kind="barrier_gate", model="bench")],
-        )
-        await gw.publish(topics.status, status.to_bytes(), qos=1)
-        base = f"http://127.0.0.1:{settings.http_port}/api/v1"
-        async with httpx.AsyncClient(base_url=base, timeout=10) as http:
-            for _ in range(100):
-                if (await http.get("/devices/gate-1")).status_code == 200:
-                    break
-                await asyncio.sleep(0.05)
-            for i in range(n + 10):
-                t0 = time.perf_counter()
-                cmd = (await http.post("/devices/gate-1/commands", json={"action": "open"})).json()
-                while cmd["status"] != "succeeded":
-                    cmd = (await http.get(f"/commands/{cmd['id']}", params={"wait": 5})).json()
-                if i >= 10:  # warm-up
-                    samples.append(time.perf_counter() - t0)
-        answering.cancel()
-        await gw.disconnect()
-        cloud.cancel()
-    return samples
 
 
 async def _raw_rtt(port: int, n: int) -> list[float]:
@@ -155,31 +288,42 @@ async def _raw_rtt(port: int, n: int) -> list[float]:
     return samples
 
 
-async def _run(n: int) -> None:
-    brokers = [("amqtt (embedded)", _amqtt)]
-    if _reachable(1883):
-        brokers.append(("mosquitto 127.0.0.1:1883", _mosquitto))
-    with tempfile.TemporaryDirectory() as tmp:
-        for name, broker in brokers:
-            async with broker() as port:
-                cmd = await _command_rtt(port, n, Path(tmp) / f"{name.split()[0]}.db")
+async def _run(n: int, which: str, layout: str) -> None:
+    brokers = []
+    if which in ("amqtt", "both"):
+        brokers.append(("amqtt (embedded)", _amqtt))
+    if which in ("mosquitto", "both"):
+        if _reachable(1883):
+            brokers.append(("mosquitto 127.0.0.1:1883", _mosquitto))
+        else:
+            print("mosquitto: nothing answers on 127.0.0.1:1883, skipped")
+    for name, broker in brokers:
+        with tempfile.TemporaryDirectory() as tmp:
+            async with broker(layout) as port:
+                cmd = await _command_rtt(port, n, Path(tmp), layout)
                 raw = await _raw_rtt(port, n)
-            c50, c99, r50, r99 = _pct(cmd, 0.5), _pct(cmd, 0.99), _pct(raw, 0.5), _pct(raw, 0.99)
-            print(f"{name}: n={n}")
-            print(f"  command HTTP->broker->gateway->succeeded  p50 {c50:7.2f} ms  p99 {c99:7.2f} ms")
-            print(f"  raw MQTT publish-and-echo                 p50 {r50:7.2f} ms  p99 {r99:7.2f} ms")
-            mean_ratio = statistics.mean(cmd) / statistics.mean(raw)
-            print(
-                f"  ratio command/raw                         p50 {c50 / r50:7.1f}x   mean {mean_ratio:.1f}x"
-            )
+        c50, c99, r50, r99 = _pct(cmd, 0.5), _pct(cmd, 0.99), _pct(raw, 0.5), _pct(raw, 0.99)
+        print(f"{name}, layout {layout}: n={n}")
+        print(f"  command HTTP->cloud->gateway->gate open   p50 {c50:7.2f} ms  p99 {c99:7.2f} ms")
+        print(f"  raw MQTT publish-and-echo                 p50 {r50:7.2f} ms  p99 {r99:7.2f} ms")
+        mean_ratio = statistics.mean(cmd) / statistics.mean(raw)
+        print(f"  ratio command/raw                         p50 {c50 / r50:7.1f}x   mean {mean_ratio:.1f}x")
 
 
 def main() -> None:
     from steward.logging import configure_logging
 
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("n", nargs="?", type=int, default=200, help="timed commands per broker")
+    parser.add_argument("--broker", choices=["amqtt", "mosquitto", "both"], default="both")
+    parser.add_argument("--layout", choices=["processes", "one"], default="processes")
+    parser.add_argument("--edge-child", metavar="SITE_JSON", help=argparse.SUPPRESS)
+    args = parser.parse_args()
     configure_logging("WARNING")
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 200
-    asyncio.run(_run(n))
+    if args.edge_child:
+        asyncio.run(_edge_child(json.loads(Path(args.edge_child).read_text())))
+        return
+    asyncio.run(_run(args.n, args.broker, args.layout))
 
 
 if __name__ == "__main__":

@@ -2,14 +2,17 @@
 gateway, track the result; a sweeper expires what did not finish in time.
 
 Status only moves forward: pending -> sent -> accepted -> succeeded | failed | rejected | expired.
-Every transition appends a row to ``command_audit``. Every command is signed (Ed25519, the key in
+Every transition appends a row to ``command_audit``. Reads (``get``, ``wait``, the audit trail) use
+read-only sessions, which on SQLite never queue behind writers. Every command is signed (Ed25519, the key in
 ``command_signing_key_file``) just before it is published; ``issued_by`` is the authenticated caller.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import Callable
 from datetime import timedelta
 
 import structlog
@@ -19,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from cloud import store
 from cloud.auth.keys import load_command_signing_key
+from cloud.db import make_read_sessions
 from cloud.errors import ActionNotAllowed, BrokerUnavailable, NotFound
 from cloud.hub import Hub
 from cloud.metrics import Metrics
@@ -46,18 +50,35 @@ class CommandService:
     ) -> None:
         self.settings = settings
         self.sessions = sessions
+        self.read_sessions = make_read_sessions(sessions)
         self.mqtt = mqtt
         self.hub = hub
         self.metrics = metrics
         self.signing_key = load_command_signing_key(settings)  # created on first start if missing
 
-    async def issue(self, device_id: str, request: CommandRequest, *, issued_by: str) -> CommandRow:
-        """``issued_by``: the authenticated user; ``request.issued_by`` is ignored."""
+    async def issue(
+        self,
+        device_id: str,
+        request: CommandRequest,
+        *,
+        issued_by: str,
+        authorize: Callable[[str], None] | None = None,
+    ) -> CommandRow:
+        """Store, sign and publish a command. ``issued_by``: the authenticated user. ``authorize(site_id)``
+        raises if the caller may not command at the device's site (checked before anything is stored).
+
+        One write transaction: the device lookup, the insert, and the ``pending`` and ``sent`` audit rows
+        commit together *before* the publish. A second transaction for ``sent`` after the PUBACK used to
+        collide on SQLite's write lock with ingest storing the gateway's result for the same command.
+        "sent" therefore means "stored and being handed to the broker"; if the broker does not take it,
+        the command moves on to ``failed`` (503)."""
         now = utcnow()
         async with self.sessions() as session, session.begin():
             device = await session.get(Device, device_id)
             if device is None:
                 raise NotFound(f"no device {device_id!r}")
+            if authorize is not None:
+                authorize(device.site_id)
             try:
                 args = actions.validate_action(device.kind, request.action, request.args)
             except actions.ActionNotAllowed as exc:
@@ -70,7 +91,7 @@ class CommandService:
                 site_id=device.site_id,
                 action=request.action,
                 args=args,
-                status=CommandStatus.PENDING.value,
+                status=CommandStatus.SENT.value,
                 reason=request.reason or None,
                 issued_by=issued_by,
                 issued_at=now,
@@ -79,6 +100,7 @@ class CommandService:
             )
             session.add(cmd)
             await store.audit(session, cmd, CommandStatus.PENDING.value, request.reason or None, now)
+            await store.audit(session, cmd, CommandStatus.SENT.value, None, now)
         bound = log.bind(command=cmd.id, device=cmd.device_id, gateway=cmd.gateway_id, action=cmd.action)
         unsigned = Command(
             id=cmd.id,
@@ -101,9 +123,10 @@ class CommandService:
             raise BrokerUnavailable(
                 f"command {cmd.id} not sent: the MQTT broker is unavailable ({exc})"
             ) from None
-        updated = await self._advance(cmd.id, CommandStatus.SENT, None)
+        self.metrics.commands[cmd.status] += 1
+        self.hub.publish("command", command_json(cmd))
         bound.info("command.sent", issued_by=cmd.issued_by, expires_at=cmd.expires_at.isoformat())
-        return updated or await self.get(cmd.id)
+        return cmd
 
     async def _advance(self, command_id: str, status: CommandStatus, reason: str | None) -> CommandRow | None:
         async with self.sessions() as session, session.begin():
@@ -114,29 +137,45 @@ class CommandService:
         return row
 
     async def get(self, command_id: str) -> CommandRow:
-        async with self.sessions() as session:
+        async with self.read_sessions() as session:
             row = await session.get(CommandRow, command_id)
         if row is None:
             raise NotFound(f"no command {command_id!r}")
         return row
 
-    async def wait(self, command_id: str, wait_s: float, seen: str | None = None) -> CommandRow:
+    async def wait(
+        self,
+        command_id: str,
+        wait_s: float,
+        seen: str | None = None,
+        *,
+        authorize: Callable[[CommandRow], None] | None = None,
+    ) -> CommandRow:
         """The command as soon as its status is final or differs from ``seen`` (default: its status
-        now), or as it is after ``wait_s`` seconds."""
-        row = await self.get(command_id)
-        seen = seen or row.status
+        now), or as it is after ``wait_s`` seconds. ``authorize(row)`` runs on the first read and may
+        raise (then nothing is waited for)."""
         deadline = time.monotonic() + wait_s
-        while not CommandStatus(row.status).final and row.status == seen:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            # Another cloud instance may have ingested the result: re-read at least every 0.5 s.
-            await self.hub.wait_command(command_id, min(remaining, 0.5))
+        # Watch before the first read: a result ingested between a read and the wait would otherwise
+        # be noticed only at the next periodic re-read.
+        with self.hub.watch(command_id) as changed:
             row = await self.get(command_id)
+            if authorize is not None:
+                authorize(row)
+            seen = seen or row.status
+            while not CommandStatus(row.status).final and row.status == seen:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                # Another cloud instance may have ingested the result: re-read at least every 0.5 s.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(min(remaining, 0.5)):
+                        await changed.wait()
+                changed.clear()  # before the read, so a change published during it sets it again
+                row = await self.get(command_id)
         return row
 
     async def audit_trail(self, command_id: str) -> list[CommandAudit]:
-        async with self.sessions() as session:
+        async with self.read_sessions() as session:
             rows = await session.execute(
                 select(CommandAudit).where(CommandAudit.command_id == command_id).order_by(CommandAudit.id)
             )
@@ -165,7 +204,7 @@ class CommandService:
             await asyncio.sleep(self.settings.sweep_interval_s)
 
     async def gateway_counts(self) -> tuple[int, int]:
-        async with self.sessions() as session:
+        async with self.read_sessions() as session:
             online = await session.scalar(
                 select(func.count()).select_from(Gateway).where(Gateway.online.is_(True))
             )

@@ -1,7 +1,25 @@
-"""Engine, sessions and migrations. The engine is made in the app's lifespan, never at import."""
+"""Engine, sessions and migrations. The engine is made in the app's lifespan, never at import.
+
+Two kinds of session share one engine and pool:
+
+- :func:`make_sessions`: for anything that may write. On SQLite every transaction is ``BEGIN IMMEDIATE``
+  (the write lock is taken at BEGIN), so a read-then-write transaction never works from a stale snapshot,
+  and ingest's "which of these ids are stored" check is race-free.
+- :func:`make_read_sessions`: for pure reads (a GET, a long-poll). On SQLite a plain, deferred ``BEGIN``:
+  under WAL a reader sees the last commit and neither waits for nor blocks a writer. A statement other
+  than a read in one of these raises :class:`ReadOnlySessionError` before it reaches the database.
+
+On SQLite one instance's writers also queue on an ``asyncio.Lock`` (FIFO, taken before ``BEGIN IMMEDIATE``,
+given back when the connection returns to the pool). Without it, writers that collide wait in SQLite's
+busy handler, which *sleeps* 1, 2, 5, 10, 15 ... ms between retries even when the lock was free again
+after 0.3 ms. ``busy_timeout`` still covers other processes on the same file.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -9,12 +27,26 @@ import structlog
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, event
+from sqlalchemy.exc import InvalidRequestError, MissingGreenlet, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.util import await_only
 
 from cloud.settings import CloudSettings
 
 log = structlog.get_logger("steward.cloud.db")
 MIGRATIONS = Path(__file__).with_name("migrations")
+# Execution option carried by the read-only sessions' engine (see make_read_sessions).
+READ_ONLY = "steward_read_only"
+# What a read-only connection may send: the reads themselves and the BEGIN that _begin emits.
+_READ_PREFIXES = ("SELECT", "WITH", "BEGIN", "PRAGMA", "EXPLAIN")
+# The same as SQLite's busy_timeout: how long a writer waits for this instance's write lock.
+WRITE_LOCK_TIMEOUT_S = 30.0
+_HOLDS_WRITE_LOCK = "steward_holds_write_lock"
+
+
+class ReadOnlySessionError(InvalidRequestError):
+    """A write was attempted in a read-only session (on SQLite its deferred BEGIN could not upgrade
+    safely to a write from a possibly stale snapshot)."""
 
 
 def make_engine(settings: CloudSettings) -> AsyncEngine:
@@ -31,8 +63,7 @@ def make_engine(settings: CloudSettings) -> AsyncEngine:
 
         @event.listens_for(engine.sync_engine, "connect")
         def _pragmas(dbapi_conn: Any, _record: Any) -> None:
-            # Take the write lock at BEGIN: a deferred transaction that reads and then writes while
-            # another commits fails (or stalls) on upgrading its stale snapshot under WAL.
+            # The driver issues no BEGIN of its own: _begin below chooses which one each transaction gets.
             dbapi_conn.isolation_level = None
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
@@ -40,15 +71,110 @@ def make_engine(settings: CloudSettings) -> AsyncEngine:
             cur.execute("PRAGMA busy_timeout=30000")
             cur.close()
 
+        write_lock = _WriteLock()
+
         @event.listens_for(engine.sync_engine, "begin")
         def _begin(conn: Any) -> None:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            # Readers take no lock at BEGIN, so they never queue behind ingest on the write lock.
+            # Writers take it at BEGIN: a deferred transaction that reads and then writes while another
+            # commits fails (or stalls) on upgrading its stale snapshot under WAL.
+            if conn.get_execution_options().get(READ_ONLY):
+                conn.exec_driver_sql("BEGIN")
+                return
+            acquired = write_lock.acquire(conn.info)
+            try:
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+            except BaseException:
+                if acquired:
+                    write_lock.release(conn.info)
+                raise
+
+        @event.listens_for(engine.sync_engine.pool, "checkin")
+        def _checkin(_dbapi_conn: Any, record: Any) -> None:
+            write_lock.release(record.info)
+
+        @event.listens_for(engine.sync_engine.pool, "detach")
+        def _detach(_dbapi_conn: Any, record: Any) -> None:
+            write_lock.release(record.info)
+
+        @event.listens_for(engine.sync_engine.pool, "invalidate")
+        def _invalidate(_dbapi_conn: Any, record: Any, _exc: Any) -> None:
+            # The connection is being closed, and SQLite's lock with it; its record's info is cleared
+            # before reuse, so this is the last chance to give ours back.
+            write_lock.release(record.info)
+
+    @event.listens_for(engine.sync_engine, "before_cursor_execute")
+    def _read_only_guard(
+        conn: Any, _cursor: Any, statement: str, _params: Any, _context: Any, _many: bool
+    ) -> None:
+        if conn.get_execution_options().get(READ_ONLY) and not statement.lstrip().upper().startswith(
+            _READ_PREFIXES
+        ):
+            raise ReadOnlySessionError(f"write in a read-only session: {statement[:80]!r}")
 
     return engine
 
 
+class _WriteLock:
+    """One SQLite engine's write lock, held from before ``BEGIN IMMEDIATE`` until the connection goes back
+    to the pool (an ORM session gives it back at commit or rollback). The holder is recorded in the
+    pooled connection's ``info``, so a connection that begins again before it is returned does not wait
+    for itself."""
+
+    def __init__(self) -> None:
+        self._lock = asyncio.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: int | None = None
+
+    def acquire(self, info: dict[str, Any]) -> bool:
+        """Called inside SQLAlchemy's greenlet; False if this connection holds it already, or if there
+        is no event loop to wait on (then SQLite's own busy_timeout is the only queue)."""
+        if info.get(_HOLDS_WRITE_LOCK):
+            return False
+        try:
+            await_only(self._acquire())
+        except MissingGreenlet:
+            return False
+        info[_HOLDS_WRITE_LOCK] = True
+        return True
+
+    async def _acquire(self) -> None:
+        self._loop, self._loop_thread = asyncio.get_running_loop(), threading.get_ident()
+        try:
+            async with asyncio.timeout(WRITE_LOCK_TIMEOUT_S):
+                await self._lock.acquire()
+        except TimeoutError:
+            raise OperationalError(
+                "BEGIN IMMEDIATE",
+                None,
+                sqlite3.OperationalError(
+                    f"database is locked: no write lock within {WRITE_LOCK_TIMEOUT_S:g} s"
+                ),
+            ) from None
+
+    def release(self, info: dict[str, Any]) -> None:
+        if not info.pop(_HOLDS_WRITE_LOCK, False):
+            return
+        loop = self._loop
+        if loop is not None and threading.get_ident() != self._loop_thread:
+            # A connection cleaned up by the garbage collector off the loop's thread.
+            loop.call_soon_threadsafe(self._lock.release)
+        else:
+            self._lock.release()
+
+
 def make_sessions(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    """Sessions that may write (on SQLite: ``BEGIN IMMEDIATE``)."""
     return async_sessionmaker(engine, expire_on_commit=False)
+
+
+def make_read_sessions(
+    bind: AsyncEngine | async_sessionmaker[AsyncSession],
+) -> async_sessionmaker[AsyncSession]:
+    """Sessions for reads only, on the same pool as ``bind`` (an engine, or the sessionmaker from
+    :func:`make_sessions`). On SQLite their transactions start with a deferred ``BEGIN``."""
+    engine = bind if isinstance(bind, AsyncEngine) else bind.kw["bind"]
+    return async_sessionmaker(engine.execution_options(**{READ_ONLY: True}), expire_on_commit=False)
 
 
 def alembic_config(connection: Connection | None = None) -> Config:

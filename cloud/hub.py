@@ -1,6 +1,6 @@
 """In-process fan-out of what just happened (stored events, command changes) to waiting requests.
 
-Long-polls wait on a command id; SSE streams take every message. Each subscriber has a bounded queue;
+Long-polls watch a command id; SSE streams take every message. Each subscriber has a bounded queue;
 a slow one loses its oldest messages (counted) instead of holding memory. With several cloud instances
 a change may be ingested elsewhere, so waiters also re-read the store periodically.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,7 +35,7 @@ class Hub:
                 sub.dropped += 1
             sub.queue.put_nowait(message)
         if kind == "command":
-            for waiter in self._command_waiters.pop(data["id"], set()):
+            for waiter in self._command_waiters.get(data["id"], ()):
                 waiter.set()
 
     @property
@@ -51,19 +51,19 @@ class Hub:
         finally:
             self._subscribers.discard(sub)
 
-    async def wait_command(self, command_id: str, timeout: float) -> bool:
-        """Wait until a change to ``command_id`` is published here, at most ``timeout`` seconds."""
-        waiter = asyncio.Event()
-        self._command_waiters.setdefault(command_id, set()).add(waiter)
+    @contextlib.contextmanager
+    def watch(self, command_id: str) -> Iterator[asyncio.Event]:
+        """An event set on every change to ``command_id`` published here while the block runs.
+
+        Registered synchronously on entry, so a caller that enters, then reads the store, cannot miss a
+        change committed and published after its read: the event is already set when it waits. Clear it
+        *before* each re-read, never after (a change between the read and the clear would be lost)."""
+        changed = asyncio.Event()
+        waiters = self._command_waiters.setdefault(command_id, set())
+        waiters.add(changed)
         try:
-            async with asyncio.timeout(timeout):
-                await waiter.wait()
-            return True
-        except TimeoutError:
-            return False
+            yield changed
         finally:
-            waiters = self._command_waiters.get(command_id)
-            if waiters is not None:
-                waiters.discard(waiter)
-                if not waiters:
-                    self._command_waiters.pop(command_id, None)
+            waiters.discard(changed)
+            if not waiters and self._command_waiters.get(command_id) is waiters:
+                del self._command_waiters[command_id]

@@ -24,12 +24,14 @@ class ErrorOut(BaseModel):
 
 
 class CommandRequest(BaseModel):
+    """The operator's request. Who issued it is the authenticated caller, never a field here; an
+    unknown field (``issued_by`` included) is refused with 422 like in every other request body."""
+
     model_config = ConfigDict(extra="forbid")
     action: str = Field(min_length=1, max_length=32, examples=["open"])
     args: dict[str, Any] = Field(default_factory=dict)
     reason: str = Field(default="", max_length=500, examples=["visitor at gate"])
     expires_in_s: float | None = Field(default=None, gt=0, le=3600, description="Default: command_expiry_s")
-    issued_by: str = Field(default="operator", min_length=1, max_length=128)
 
 
 class CommandOut(_Out):

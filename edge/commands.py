@@ -99,8 +99,26 @@ class CommandHandler:
             return await self._result(cmd, CommandStatus.REJECTED, reason)
 
         driver = self.drivers[cmd.device_id]
-        await self._result(cmd, CommandStatus.ACCEPTED, None)
+        # "accepted" goes out while the device acts rather than before: waiting for its PUBACK first
+        # only delayed the gate. It still reaches the cloud first (one client's QoS 1 messages keep
+        # their order, and it is awaited before the final result is published); its delivery never
+        # decided anything, since a failed publish is logged and the action went ahead regardless.
+        accepted = asyncio.create_task(self._result(cmd, CommandStatus.ACCEPTED, None), name="accepted")
         bound.info("command.accepted")
+        try:
+            status, reason, state = await self._act(cmd, driver, bound)
+        except asyncio.CancelledError:
+            accepted.cancel()  # shutting down: nothing more goes upstream for this command
+            raise
+        finally:
+            await asyncio.wait({accepted})  # never left running past this command
+        accepted.result()  # its error, if any, surfaces as when it was awaited before acting
+        return await self._result(cmd, status, reason, state)
+
+    async def _act(
+        self, cmd: Command, driver: Driver, bound: Any
+    ) -> tuple[CommandStatus, str | None, dict[str, Any]]:
+        """Carry out an accepted command: its final status, reason and device state."""
         try:
             async with asyncio.timeout(self.action_timeout_s):
                 local = self.local_actions.get(cmd.action)
@@ -109,15 +127,15 @@ class CommandHandler:
         except DriverError as exc:
             self.stats.failed += 1
             bound.warning("command.failed", reason=exc.reason)
-            return await self._result(cmd, CommandStatus.FAILED, exc.reason, driver.snapshot())
+            return CommandStatus.FAILED, exc.reason, driver.snapshot()
         except TimeoutError:
             self.stats.failed += 1
             reason = f"device did not finish {cmd.action} within {self.action_timeout_s:g}s"
             bound.warning("command.failed", reason=reason)
-            return await self._result(cmd, CommandStatus.FAILED, reason, driver.snapshot())
+            return CommandStatus.FAILED, reason, driver.snapshot()
         self.stats.succeeded += 1
         bound.info("command.succeeded")
-        return await self._result(cmd, CommandStatus.SUCCEEDED, None, state)
+        return CommandStatus.SUCCEEDED, None, state
 
     def _refusal(self, cmd: Command) -> str | None:
         if cmd.gateway_id != self.gateway_id:

@@ -1,7 +1,8 @@
 """Commands: issue one to a device, read it (optionally long-polling), read its audit trail.
 
 Issuing needs the ``command`` permission at the device's site; reading needs ``read`` there.
-The command's ``issued_by`` is the authenticated user (a body's ``issued_by`` is ignored)."""
+The command's ``issued_by`` is always the authenticated user; the request body cannot name one (an
+``issued_by`` there is an unknown field: 422 ``invalid_request``, like any other)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,11 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, status
 
-from cloud.api.deps import ServicesDep, SessionDep
+from cloud.api.deps import ServicesDep
 from cloud.auth.deps import CurrentUser, require_site
 from cloud.auth.permissions import Permission
-from cloud.errors import NotFound
 from cloud.schemas import CommandAuditOut, CommandOut, CommandRequest, ErrorOut, command_json
-from cloud.tables import Device
+from cloud.tables import CommandRow
 
 router = APIRouter(tags=["commands"])
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -33,16 +33,17 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     responses=_ERRORS,
 )
 async def issue_command(
-    device_id: str, body: CommandRequest, user: CurrentUser, services: ServicesDep, session: SessionDep
+    device_id: str, body: CommandRequest, user: CurrentUser, services: ServicesDep
 ) -> dict[str, Any]:
     """Validate against the device kind's actions, store, sign, publish to its gateway (QoS 1), answer
     202."""
-    device = await session.get(Device, device_id)
-    if device is None:
-        raise NotFound(f"no device {device_id!r}")
-    require_site(user, device.site_id, Permission.COMMAND)
-    await session.close()  # issue() uses its own session; don't hold this one (SQLite: a write lock)
-    return command_json(await services.commands.issue(device_id, body, issued_by=user.username))
+
+    def authorize(site_id: str) -> None:
+        require_site(user, site_id, Permission.COMMAND)
+
+    # The device lookup and the permission check happen inside issue()'s one write transaction.
+    row = await services.commands.issue(device_id, body, issued_by=user.username, authorize=authorize)
+    return command_json(row)
 
 
 @router.get("/commands/{command_id}", response_model=CommandOut, responses=_ERRORS)
@@ -56,11 +57,14 @@ async def get_command(
         Query(description="The status the caller already has; a change is a status other than this"),
     ] = None,
 ) -> dict[str, Any]:
-    row = await services.commands.get(command_id)
-    require_site(user, row.site_id, Permission.READ)
+    def authorize(row: CommandRow) -> None:
+        require_site(user, row.site_id, Permission.READ)
+
     if not wait:
-        return command_json(row)
-    row = await services.commands.wait(command_id, wait, seen=seen)
+        row = await services.commands.get(command_id)
+        authorize(row)
+    else:
+        row = await services.commands.wait(command_id, wait, seen=seen, authorize=authorize)
     return command_json(row)
 
 

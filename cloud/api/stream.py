@@ -49,7 +49,7 @@ async def stream(
             return str(data["site_id"])
         gateway_id = str(data.get("id") or data.get("gateway_id") or "")
         if gateway_id not in gateway_sites:
-            async with services.sessions() as session:
+            async with services.commands.read_sessions() as session:
                 row = await session.get(Gateway, gateway_id)
             gateway_sites[gateway_id] = row.site_id if row else None
         return gateway_sites[gateway_id]

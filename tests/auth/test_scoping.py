@@ -81,12 +81,14 @@ async def test_operator_of_a_is_refused_everything_at_b_and_it_is_audited(
             )
         )
 
-        # At A the operator commands, as themselves whatever the body says.
-        mine = await c.http.post(
+        # At A the operator commands, always as themselves: a body naming someone else is refused.
+        impostor = await c.http.post(
             "/api/v1/devices/gate-1/commands",
             json={"action": "open", "issued_by": "someone-else"},
             headers=op,
         )
+        assert (impostor.status_code, impostor.json()["error"]["code"]) == (422, "invalid_request")
+        mine = await c.http.post("/api/v1/devices/gate-1/commands", json={"action": "open"}, headers=op)
         assert mine.status_code == 202, mine.text
         assert mine.json()["issued_by"] == "op-a"
         wire = await gw_a.next_command()

@@ -1,12 +1,38 @@
-"""Command lifecycle over HTTP, the broker and a fake gateway that answers on the wire."""
+"""Command lifecycle over HTTP, the broker and a fake gateway that answers on the wire; and the command
+service underneath on a real SQLite file (read sessions, the write lock, long-poll wakeups)."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
-from protocol import CommandStatus
-from tests.cloud.support import FakeGateway, RunningCloud, cloud_settings, eventually, running_cloud
+import pytest
+from sqlalchemy import text
+
+from cloud import CloudSettings
+from cloud.commands import CommandService
+from cloud.db import ReadOnlySessionError, make_engine, make_sessions, upgrade
+from cloud.hub import Hub
+from cloud.metrics import Metrics
+from cloud.schemas import command_json
+from cloud.store import apply_result
+from cloud.tables import CommandRow, Gateway, Site
+from protocol import CommandResult, CommandStatus, new_id
+from steward.mqtt import MqttClient
+from tests.cloud.support import (
+    GATEWAY,
+    SITE,
+    FakeGateway,
+    RunningCloud,
+    cloud_settings,
+    eventually,
+    free_port,
+    running_cloud,
+)
 
 
 @asynccontextmanager
@@ -28,14 +54,20 @@ async def cloud_with_gateway(
 
 async def test_open_gate_accepted_then_succeeded(broker_port: int, sqlite_url: str) -> None:
     async with cloud_with_gateway(broker_port, sqlite_url) as (cloud, gw):
+        # The body cannot name who issued it: an unknown field, refused like any other.
         resp = await cloud.http.post(
             "/api/v1/devices/gate-1/commands",
             json={"action": "open", "reason": "visitor at gate", "issued_by": "agent-7"},
         )
+        assert (resp.status_code, resp.json()["error"]["code"]) == (422, "invalid_request"), resp.text
+        assert "issued_by" in resp.json()["error"]["message"]
+        resp = await cloud.http.post(
+            "/api/v1/devices/gate-1/commands", json={"action": "open", "reason": "visitor at gate"}
+        )
         assert resp.status_code == 202, resp.text
         cmd = resp.json()
         assert (cmd["status"], cmd["action"], cmd["gateway_id"]) == ("sent", "open", "gw-1")
-        assert cmd["issued_by"] == "admin"  # the authenticated user, not the body's "agent-7"
+        assert cmd["issued_by"] == "admin"  # the authenticated user
         wire = await gw.next_command()
         assert (wire.id, wire.device_id, wire.action, wire.issued_by) == (
             cmd["id"],
@@ -120,3 +152,165 @@ async def test_command_to_offline_gateway_is_published_and_expires(broker_port: 
         assert (done["status"], done["final"]) == ("expired", True)
         missing = await cloud.http.get("/api/v1/commands/NOPE")
         assert (missing.status_code, missing.json()["error"]["code"]) == (404, "not_found")
+
+
+async def test_broker_gone_is_503_and_the_command_failed(sqlite_url: str) -> None:
+    from amqtt.broker import Broker
+
+    port = free_port()
+    broker = Broker(
+        {
+            "listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{port}"}},
+            "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
+        }
+    )
+    await broker.start()
+    running = True
+    try:
+        async with running_cloud(cloud_settings(port, sqlite_url)) as cloud:
+            async with FakeGateway(port) as gw:
+                await gw.send_status(online=True)
+                await eventually(lambda: _registered(cloud))
+            await asyncio.wait_for(broker.shutdown(), 10)
+            running = False
+            # The command is stored as sent before the publish; no PUBACK within 5 s moves it to failed.
+            resp = await cloud.http.post("/api/v1/devices/gate-1/commands", json={"action": "open"})
+            assert (resp.status_code, resp.json()["error"]["code"]) == (503, "broker_unavailable"), resp.text
+            command_id = resp.json()["error"]["message"].split()[1]
+            done = (await cloud.http.get(f"/api/v1/commands/{command_id}")).json()
+            assert (done["status"], done["final"]) == ("failed", True)
+            assert "not delivered to the broker" in done["result_reason"]
+            trail = (await cloud.http.get(f"/api/v1/commands/{command_id}/audit")).json()
+            assert [a["status"] for a in trail] == ["pending", "sent", "failed"]
+    finally:
+        if running:
+            await asyncio.wait_for(broker.shutdown(), 10)
+
+
+async def _registered(cloud: RunningCloud) -> bool:
+    return (await cloud.http.get("/api/v1/devices/gate-1")).status_code == 200
+
+
+# ---- the service underneath, on a real SQLite file: sessions, write lock, long-poll wakeups --------
+
+
+@asynccontextmanager
+async def command_service(tmp_path: Path) -> AsyncIterator[tuple[CommandService, Hub, str]]:
+    """A CommandService on a migrated SQLite file with one ``sent`` command (no broker: nothing here
+    publishes); yields it, its hub and the command id."""
+    settings = CloudSettings(
+        database_url=f"sqlite+aiosqlite:///{tmp_path / 'cloud.db'}",
+        command_signing_key_file=tmp_path / "signing.pem",
+        broker_accounts_file=tmp_path / "accounts.json",
+    )
+    engine = make_engine(settings)
+    try:
+        await upgrade(engine, settings)
+        sessions = make_sessions(engine)
+        now = datetime.now(UTC)
+        command_id = new_id()
+        async with sessions() as session, session.begin():
+            session.add(Site(id=SITE, name=None, created_at=now, updated_at=now))
+            session.add(Gateway(id=GATEWAY, site_id=SITE, online=True, status={}, health={}))
+            session.add(
+                CommandRow(
+                    id=command_id,
+                    device_id="gate-1",
+                    gateway_id=GATEWAY,
+                    site_id=SITE,
+                    action="open",
+                    args={},
+                    status="sent",
+                    issued_by="t",
+                    issued_at=now,
+                    expires_at=now + timedelta(seconds=30),
+                    updated_at=now,
+                )
+            )
+        hub = Hub()
+        mqtt = MqttClient("127.0.0.1", 1, client_id="never-connected")
+        yield CommandService(settings, sessions, mqtt, hub, Metrics()), hub, command_id
+    finally:
+        await engine.dispose()
+
+
+async def _ingest_result(service: CommandService, command_id: str, status: CommandStatus) -> None:
+    """What ingest does with a gateway's result: commit, then tell the hub."""
+    result = CommandResult(
+        command_id=command_id, gateway_id=GATEWAY, device_id="gate-1", status=status, at=datetime.now(UTC)
+    )
+    async with service.sessions() as session, session.begin():
+        changed = await apply_result(session, result, datetime.now(UTC))
+    assert changed is not None
+    service.hub.publish("command", command_json(changed))
+
+
+async def test_long_poll_sees_a_result_stored_between_its_read_and_its_wait(tmp_path: Path) -> None:
+    async with command_service(tmp_path) as (service, _hub, command_id):
+        read = service.get
+
+        async def read_then_result_arrives(cid: str) -> CommandRow:
+            row = await read(cid)  # the row as it was: sent
+            if row.status == "sent":
+                # The result is committed and published after this read, before wait() sleeps.
+                await _ingest_result(service, cid, CommandStatus.SUCCEEDED)
+            return row
+
+        service.get = read_then_result_arrives  # type: ignore[method-assign]
+        started = time.monotonic()
+        row = await service.wait(command_id, 5)
+        elapsed = time.monotonic() - started
+        assert row.status == "succeeded"
+        # Woken by the hub at once, not by the 0.5 s re-read that covers other instances.
+        assert elapsed < 0.3, f"took {elapsed:.3f} s: the wakeup was lost"
+
+
+async def test_long_poll_returns_on_each_change_and_times_out(tmp_path: Path) -> None:
+    async with command_service(tmp_path) as (service, _hub, command_id):
+        waiting = asyncio.create_task(service.wait(command_id, 5))
+        await asyncio.sleep(0.05)
+        await _ingest_result(service, command_id, CommandStatus.ACCEPTED)
+        assert (await asyncio.wait_for(waiting, 1)).status == "accepted"
+        started = time.monotonic()
+        row = await service.wait(command_id, 0.3, seen="accepted")
+        assert row.status == "accepted"
+        assert 0.25 < time.monotonic() - started < 1.0
+
+
+async def test_reads_do_not_wait_for_a_writer_and_cannot_write(tmp_path: Path) -> None:
+    async with command_service(tmp_path) as (service, _hub, command_id):
+        async with service.sessions() as writer, writer.begin():
+            # A writer holds SQLite's write lock (BEGIN IMMEDIATE) and this instance's lock.
+            await writer.execute(text("UPDATE gateways SET software = 'x'"))
+            row = await asyncio.wait_for(service.get(command_id), 2)
+            assert row.status == "sent"  # the last committed state, read without waiting
+            assert len(await asyncio.wait_for(service.audit_trail(command_id), 2)) == 0
+        async with service.read_sessions() as reader:
+            with pytest.raises(ReadOnlySessionError):
+                await reader.execute(text("UPDATE gateways SET software = 'y'"))
+
+
+async def test_writers_queue_in_order_and_a_failed_one_lets_the_next_go(tmp_path: Path) -> None:
+    async with command_service(tmp_path) as (service, _hub, _command_id):
+        order: list[str] = []
+
+        async def write(name: str, hold_s: float, fail: bool = False) -> None:
+            async with service.sessions() as session, session.begin():
+                await session.execute(text("UPDATE gateways SET software = :n"), {"n": name})
+                order.append(name)
+                await asyncio.sleep(hold_s)
+                if fail:
+                    raise RuntimeError("rolled back")
+
+        first = asyncio.create_task(write("a", 0.3, fail=True))
+        rest = []
+        for name in "bcd":
+            await asyncio.sleep(0.05)  # each is waiting for the lock before the next arrives
+            rest.append(asyncio.create_task(write(name, 0)))
+        with pytest.raises(RuntimeError):
+            await first
+        # Released on rollback too (else these would wait out the 30 s lock timeout).
+        await asyncio.wait_for(asyncio.gather(*rest), 5)
+        assert order == ["a", "b", "c", "d"]
+        async with service.read_sessions() as reader:
+            assert await reader.scalar(text("SELECT software FROM gateways")) == "d"
