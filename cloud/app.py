@@ -18,7 +18,7 @@ from cloud.api import stream as stream_api
 from cloud.api.deps import Services
 from cloud.commands import CommandService
 from cloud.db import make_engine, make_sessions, upgrade
-from cloud.errors import install_error_handlers
+from cloud.errors import document_errors, install_error_handlers
 from cloud.features import load_features
 from cloud.hub import Hub
 from cloud.ingest import Ingest
@@ -97,4 +97,5 @@ def create_app(settings: CloudSettings) -> FastAPI:
     for feature in features:
         if hasattr(feature, "install"):
             feature.install(app)
+    document_errors(app)
     return app

@@ -4,10 +4,12 @@ amqtt speaks MQTT 3.1.1 only, which is why the wire protocol uses nothing newer.
 sites use Mosquitto; see docs/security.md for its configuration.
 
 By default it lets anyone in (the demo). Given ``accounts`` (:class:`steward.broker_auth.BrokerAccounts`)
-it refuses anonymous clients and enforces the same per-gateway topic rules as the Mosquitto ACL
-file generated from the same accounts. It is still not meant to face the internet: amqtt 0.12
-drops an existing session for a client id as soon as a CONNECT with that id arrives, before the
-newcomer is authenticated (see docs/security.md).
+it refuses anonymous clients, binds each account to its client ids and enforces the same per-gateway
+topic rules as the Mosquitto files generated from the same accounts. amqtt 0.12 drops (clean session)
+or takes over (persistent session) an existing session for a client id as soon as a CONNECT with that
+id arrives, *before* it authenticates the newcomer; with accounts we authenticate first
+(:class:`_AuthenticateFirstBroker`), so a refused CONNECT cannot touch another client's session. It is
+still not meant to face the internet (see docs/security.md).
 """
 
 from __future__ import annotations
@@ -16,7 +18,13 @@ import socket
 from types import TracebackType
 from typing import Any
 
+from amqtt.adapters import ReaderAdapter, WriterAdapter
 from amqtt.broker import Broker
+from amqtt.errors import AMQTTError, MQTTError, NoDataError
+from amqtt.mqtt.connack import NOT_AUTHORIZED, ConnackPacket
+from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
+from amqtt.session import Session
+from amqtt.utils import format_client_message, gen_client_id
 
 from steward.broker_auth import BrokerAccounts, amqtt_plugins
 
@@ -27,6 +35,65 @@ def free_port(host: str = "127.0.0.1") -> int:
         s.bind((host, 0))
         port: int = s.getsockname()[1]
         return port
+
+
+class _AuthenticateFirstBroker(Broker):  # type: ignore[misc]  # amqtt ships no type hints
+    """amqtt's broker, but a CONNECT is authenticated (password *and* client id, by the auth plugins)
+    before the broker looks at any existing session with that client id.
+
+    ``_initialize_client_session`` is amqtt 0.12.1's own, with the authentication step moved in front
+    of the session handling (pinned ``amqtt<0.13``; ``tests/security/test_broker_acl.py`` fails if a
+    refused CONNECT can drop or take over another client's session again)."""
+
+    async def _initialize_client_session(
+        self, reader: ReaderAdapter, writer: WriterAdapter, remote_address: str, remote_port: int
+    ) -> tuple[BrokerProtocolHandler, Session]:
+        peer = format_client_message(address=remote_address, port=remote_port)
+        try:
+            handler, client_session = await BrokerProtocolHandler.init_from_connect(
+                reader, writer, self.plugins_manager
+            )
+        except AMQTTError as exc:
+            self.logger.warning(f"[MQTT-3.1.0-1] {peer}: Can't read first packet as CONNECT: {exc}")
+            raise AMQTTError(exc) from exc
+        except MQTTError as exc:
+            self.logger.warning(f"Invalid connection from {peer}")
+            await writer.close()
+            raise MQTTError(exc) from exc
+        except NoDataError as exc:
+            self.logger.error(f"No data from {peer} : {exc}")
+            raise AMQTTError(exc) from exc
+
+        # The change: refuse before the sessions are touched, with the same CONNACK amqtt would send.
+        if not await self._authenticate(client_session, None):
+            await ConnackPacket.build(0, NOT_AUTHORIZED).to_stream(writer)
+            await writer.close()
+            raise AMQTTError(f"{peer}: client {client_session.client_id!r} not authorised")
+
+        if client_session.clean_session:
+            if client_session.client_id is not None and client_session.client_id != "":
+                await self._delete_session(client_session.client_id)
+            else:
+                client_session.client_id = gen_client_id()
+            client_session.parent = 0
+        elif client_session.client_id in self._sessions:
+            existing, _ = self._sessions[client_session.client_id]
+            existing.will_flag = client_session.will_flag
+            existing.will_message = client_session.will_message
+            existing.will_topic = client_session.will_topic
+            existing.will_qos = client_session.will_qos
+            existing.keep_alive = client_session.keep_alive
+            existing.username = client_session.username
+            existing.password = client_session.password
+            client_session = existing
+            client_session.parent = 1
+        else:
+            client_session.parent = 0
+
+        timeout_disconnect_delay = self.config.get("timeout-disconnect-delay", 0)
+        if client_session.keep_alive > 0 and isinstance(timeout_disconnect_delay, int):
+            client_session.keep_alive += timeout_disconnect_delay
+        return handler, client_session
 
 
 class EmbeddedBroker:
@@ -61,7 +128,7 @@ class EmbeddedBroker:
             "listeners": {"default": {"type": "tcp", "bind": f"{self.host}:{self.port}"}},
             "plugins": self._plugins,
         }
-        self._broker = Broker(config)
+        self._broker = Broker(config) if self.accounts is None else _AuthenticateFirstBroker(config)
         await self._broker.start()
 
     async def stop(self) -> None:

@@ -10,6 +10,14 @@ renders it as Mosquitto's password and ACL files. The rules, with ``p`` the topi
                            subscribe  p/v1/+/+/up/#        (also as $share/<group>/...)
     anyone else            nothing: no anonymous connections
 
+Client ids are bound to accounts too (:meth:`BrokerAccounts.client_id_allowed`), so one account cannot
+connect under another's client id and kick it off (MQTT lets the newest connection with an id win)::
+
+    gateway gw of site s   gw@s (its username), steward-gw-gw and steward-dev-gw (what the edge
+                           uses; only while no other site has a gateway gw, else the username only)
+    cloud                  any id not reserved for gateways (no '@', not steward-gw-* / steward-dev-*),
+                           so several cloud instances can share the account with ids of their own
+
 Why amqtt's own plugins are not used: in amqtt 0.12 ``TopicAccessControlListPlugin`` takes a fixed
 ``{username: [filters]}`` map and, configured as a dict, only ``acl`` (subscribe) and
 ``publish_acl`` -- no receive ACL and no per-user patterns -- and its ``FileAuthPlugin`` reads
@@ -46,6 +54,7 @@ from protocol.topics import PROTOCOL_SEGMENT, check_segment
 
 __all__ = [
     "DEFAULT_CLOUD_USERNAME",
+    "GATEWAY_CLIENT_ID_PREFIXES",
     "Access",
     "AccountsAuthPlugin",
     "AccountsTopicPlugin",
@@ -65,6 +74,8 @@ __all__ = [
 ]
 
 DEFAULT_CLOUD_USERNAME = "steward-cloud"
+# The client ids the edge gives its uplink and its on-broker device client (edge/gateway.py).
+GATEWAY_CLIENT_ID_PREFIXES = ("steward-gw-", "steward-dev-")
 DEFAULT_ITERATIONS = 1000
 _SALT_BYTES = 12  # what mosquitto_passwd uses
 _HASH = re.compile(r"^\$7\$(?P<it>[1-9][0-9]{0,8})\$(?P<salt>[A-Za-z0-9+/=]+)\$(?P<hash>[A-Za-z0-9+/=]+)$")
@@ -231,6 +242,30 @@ class BrokerAccounts(BaseModel):
             return Grants(publish=(f"{mine}/up/#",), subscribe=(f"{mine}/down/#",))
         return Grants(publish=(f"{base}/+/+/down/#",), subscribe=(f"{base}/+/+/up/#",))
 
+    def client_ids(self, user: BrokerUser) -> frozenset[str] | None:
+        """The client ids a gateway account may connect with; None for the cloud (see
+        :meth:`client_id_allowed`). ``steward-gw-<gw>`` names no site, so it is left out when another
+        site has a gateway with the same id: either could otherwise take the other's connection."""
+        if user.role is not Role.GATEWAY:
+            return None
+        ids = {user.username}
+        same_id = [u for u in self.users if u.role is Role.GATEWAY and u.gateway_id == user.gateway_id]
+        if len(same_id) == 1:
+            ids |= {f"{prefix}{user.gateway_id}" for prefix in GATEWAY_CLIENT_ID_PREFIXES}
+        return frozenset(ids)
+
+    def client_id_allowed(self, username: str | None, client_id: str | None) -> bool:
+        """May ``username`` connect as ``client_id``? A gateway: only with its own ids; the cloud: with
+        any id except those reserved for gateways. Unknown users: no."""
+        user = self.get(username)
+        if user is None:
+            return False
+        client_id = client_id or ""
+        allowed = self.client_ids(user)
+        if allowed is not None:
+            return client_id in allowed
+        return "@" not in client_id and not client_id.startswith(GATEWAY_CLIENT_ID_PREFIXES)
+
     def allows(self, username: str | None, access: Access, topic: str) -> bool:
         """May ``username`` publish to / subscribe to / receive from ``topic``? Unknown users: no."""
         user = self.get(username)
@@ -319,7 +354,12 @@ def _accounts_from(config: Any) -> BrokerAccounts:
 
 
 class AccountsAuthPlugin(BaseAuthPlugin):  # type: ignore[misc]  # amqtt ships no type hints
-    """amqtt authentication against :class:`BrokerAccounts`; anonymous and unknown users refused."""
+    """amqtt authentication against :class:`BrokerAccounts`: anonymous and unknown users, wrong
+    passwords and client ids the account may not use are refused.
+
+    amqtt 0.12 itself consults this only after it has dropped (clean session) or taken over
+    (persistent session) an existing session with the same client id; :class:`steward.broker.EmbeddedBroker`
+    runs it before that, so a refused CONNECT leaves the other client's session alone."""
 
     @dataclass
     class Config:
@@ -342,6 +382,12 @@ class AccountsAuthPlugin(BaseAuthPlugin):  # type: ignore[misc]  # amqtt ships n
         if user is None:
             self.context.logger.info(
                 f"refused client {session.client_id!r}: bad credentials for {username!r}"
+            )
+            return False
+        if not self.accounts.client_id_allowed(user.username, session.client_id):
+            self.context.logger.warning(
+                f"refused {username!r}: may not use client id {session.client_id!r} "
+                f"(gateways connect as their username or steward-gw-<gateway id>)"
             )
             return False
         return True

@@ -1,10 +1,21 @@
 """Mosquitto 2 configuration from :class:`~steward.broker_auth.BrokerAccounts`, and a test runner.
 
-:func:`write_broker_config` writes the three files a production broker needs (``steward cloud
-broker-config`` calls it): the password file (``$7$`` PBKDF2-SHA512 hashes, the format
+:func:`write_broker_config` writes the files a production broker needs (``steward cloud
+broker-config`` calls it): the password files (``$7$`` PBKDF2-SHA512 hashes, the format
 ``mosquitto_passwd`` writes), the ACL file (one ``user`` block per account, nothing for anonymous)
-and a ``mosquitto.conf`` with anonymous access off, TLS when certificates are given and
-``set_tcp_nodelay true`` (QoS 1 round trips otherwise wait on Nagle's algorithm).
+and a ``mosquitto.conf`` with anonymous access off and ``set_tcp_nodelay true`` (QoS 1 round trips
+otherwise wait on Nagle's algorithm). It has two listeners, each with its own password file:
+
+* the **gateway listener** (``port``, TLS when certificates are given; ``passwd``, every account)
+  with ``use_username_as_clientid true``: Mosquitto replaces whatever client id a client sends with
+  its username, so one gateway can never connect under another's client id and kick it off (the
+  cloud account works here too, as the one client ``steward-cloud``);
+* the **cloud listener** (``cloud_port``, default 1883 on 127.0.0.1, plain MQTT like the cloud's
+  client; ``passwd-cloud``, the cloud account only), client ids as sent, so several cloud instances
+  can share the account with ids of their own.
+
+Mosquitto 2.0 has no per-account client id rule in its password or ACL files, which is why the
+accounts are split by listener (``per_listener_settings true``).
 
 :class:`MosquittoProcess` runs a private Mosquitto from such files on a loopback port for tests;
 it never touches the system broker or its configuration.
@@ -56,8 +67,11 @@ def mosquitto_binary() -> str | None:
     return None
 
 
-def password_file_text(accounts: BrokerAccounts) -> str:
-    return "".join(f"{u.username}:{u.password_hash}\n" for u in accounts.users)
+def password_file_text(accounts: BrokerAccounts, role: Role | None = None) -> str:
+    """``username:hash`` lines for every account, or only those of ``role``."""
+    return "".join(
+        f"{u.username}:{u.password_hash}\n" for u in accounts.users if role is None or u.role is role
+    )
 
 
 def acl_file_text(accounts: BrokerAccounts) -> str:
@@ -91,18 +105,26 @@ def mosquitto_conf_text(
     port: int,
     bind_address: str | None = None,
     tls: ServerTls | None = None,
+    cloud_password_file: Path | None = None,
+    cloud_port: int = 1883,
+    cloud_bind_address: str = "127.0.0.1",
     persistence_dir: Path | None = None,
     log_file: Path | None = None,
     run_as_user: str | None = None,
 ) -> str:
+    """``password_file`` is for the listener on ``port`` (client id = username), ``cloud_password_file``
+    (the cloud account only) for the one on ``cloud_port`` (no cloud listener without it)."""
     lines = [
         _HEADER.rstrip("\n"),
-        "per_listener_settings false",
+        "# Authentication is set per listener: gateways and the cloud have a listener each.",
+        "per_listener_settings true",
+        "",
+        "# Gateways. The client id is replaced by the username, so a gateway cannot take over another's.",
+        f"listener {port}" + (f" {bind_address}" if bind_address else ""),
         "allow_anonymous false",
         f"password_file {password_file}",
         f"acl_file {acl_file}",
-        "",
-        f"listener {port}" + (f" {bind_address}" if bind_address else ""),
+        "use_username_as_clientid true",
         "set_tcp_nodelay true",
     ]
     if tls is not None:
@@ -112,6 +134,17 @@ def mosquitto_conf_text(
             f"keyfile {tls.key_file}",
             f"tls_version {tls.tls_version}",
             f"require_certificate {'true' if tls.require_certificate else 'false'}",
+        ]
+    if cloud_password_file is not None:
+        lines += [
+            "",
+            "# The cloud only: keep it on loopback or a private network (plain MQTT). Client ids as sent,",
+            "# so cloud instances sharing the account each keep their own connection.",
+            f"listener {cloud_port} {cloud_bind_address}",
+            "allow_anonymous false",
+            f"password_file {cloud_password_file}",
+            f"acl_file {acl_file}",
+            "set_tcp_nodelay true",
         ]
     lines.append("")
     if persistence_dir is not None:
@@ -131,7 +164,10 @@ def mosquitto_conf_text(
 class BrokerConfigFiles:
     conf: Path
     password_file: Path
+    """Every account (the gateway listener, client id = username)."""
     acl_file: Path
+    cloud_password_file: Path
+    """The cloud's account (the cloud listener)."""
 
 
 def _write_private(path: Path, text: str) -> None:
@@ -147,18 +183,22 @@ def write_broker_config(
     port: int = 8883,
     bind_address: str | None = None,
     tls: ServerTls | None = None,
+    cloud_port: int = 1883,
+    cloud_bind_address: str = "127.0.0.1",
     persistence_dir: Path | None = None,
     log_file: Path | None = None,
     run_as_user: str | None = None,
 ) -> BrokerConfigFiles:
-    """Write ``passwd``, ``acl`` and ``mosquitto.conf`` into ``out_dir`` (created; files 0600).
+    """Write ``passwd`` (every account), ``passwd-cloud`` (the cloud's), ``acl`` and ``mosquitto.conf``
+    into ``out_dir`` (created; files 0600).
 
     Mosquitto reloads the password and ACL files on SIGHUP, so adding a gateway needs no restart.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    files = BrokerConfigFiles(out / "mosquitto.conf", out / "passwd", out / "acl")
+    files = BrokerConfigFiles(out / "mosquitto.conf", out / "passwd", out / "acl", out / "passwd-cloud")
     _write_private(files.password_file, password_file_text(accounts))
+    _write_private(files.cloud_password_file, password_file_text(accounts, Role.CLOUD))
     _write_private(files.acl_file, acl_file_text(accounts))
     conf = mosquitto_conf_text(
         password_file=files.password_file.resolve(),
@@ -166,6 +206,9 @@ def write_broker_config(
         port=port,
         bind_address=bind_address,
         tls=tls,
+        cloud_password_file=files.cloud_password_file.resolve(),
+        cloud_port=cloud_port,
+        cloud_bind_address=cloud_bind_address,
         persistence_dir=persistence_dir,
         log_file=log_file,
         run_as_user=run_as_user,
@@ -175,7 +218,8 @@ def write_broker_config(
 
 
 class MosquittoProcess:
-    """A private Mosquitto on a free loopback port: ``async with MosquittoProcess(dir, accounts) as m``.
+    """A private Mosquitto on free loopback ports: ``async with MosquittoProcess(dir, accounts) as m``;
+    gateways connect to ``m.port``, the cloud to ``m.cloud_port``.
 
     Raises :class:`MosquittoError` (with Mosquitto's log) if it exits or does not listen in time.
     """
@@ -196,6 +240,7 @@ class MosquittoProcess:
         self.tls = tls
         self.host = host
         self.port = port or free_port(host)
+        self.cloud_port = free_port(host)
         self.binary = binary or mosquitto_binary()
         self.start_timeout_s = start_timeout_s
         self.log_file = self.workdir / "mosquitto.log"
@@ -216,6 +261,8 @@ class MosquittoProcess:
             port=self.port,
             bind_address=self.host,
             tls=self.tls,
+            cloud_port=self.cloud_port,
+            cloud_bind_address=self.host,
             log_file=self.log_file.resolve(),
             run_as_user=user,
         )
@@ -237,7 +284,7 @@ class MosquittoProcess:
         while True:
             if self._proc.returncode is not None:
                 raise MosquittoError(f"mosquitto exited with {self._proc.returncode}:\n{self.log_text()}")
-            if await self._listening():
+            if await self._listening(self.port) and await self._listening(self.cloud_port):
                 return
             if loop.time() > deadline:
                 await self.stop()
@@ -247,10 +294,10 @@ class MosquittoProcess:
                 )
             await asyncio.sleep(0.05)
 
-    async def _listening(self) -> bool:
+    async def _listening(self, port: int) -> bool:
         try:
             async with asyncio.timeout(1):
-                _, writer = await asyncio.open_connection(self.host, self.port, family=socket.AF_INET)
+                _, writer = await asyncio.open_connection(self.host, port, family=socket.AF_INET)
         except (OSError, TimeoutError):
             return False
         writer.close()

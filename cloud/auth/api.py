@@ -22,6 +22,7 @@ router = APIRouter(tags=["auth"])
 _USERNAME = r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$"
 _E401: dict[int | str, dict[str, Any]] = {401: {"model": ErrorOut}}
 _E403 = {**_E401, 403: {"model": ErrorOut}}
+_E409 = {**_E403, 409: {"model": ErrorOut}}
 
 
 def _sites(values: list[str]) -> list[str]:
@@ -249,7 +250,7 @@ async def list_users(user: CurrentUser, services: ServicesDep) -> list[UserAdmin
     return [_user_out(r) for r in await _auth(services).list_users()]
 
 
-@router.post("/auth/users", status_code=201, response_model=NewUserOut, responses=_E403)
+@router.post("/auth/users", status_code=201, response_model=NewUserOut, responses=_E409)
 async def create_user(body: UserIn, user: CurrentUser, services: ServicesDep) -> NewUserOut:
     require(user, Permission.MANAGE_USERS)
     password = body.password or generate_password()
@@ -257,7 +258,9 @@ async def create_user(body: UserIn, user: CurrentUser, services: ServicesDep) ->
     return _user_out(row, NewUserOut, password=None if body.password else password)  # type: ignore[no-any-return]
 
 
-@router.patch("/auth/users/{username}", response_model=UserAdminOut, responses=_E403)
+@router.patch(
+    "/auth/users/{username}", response_model=UserAdminOut, responses={**_E409, 404: {"model": ErrorOut}}
+)
 async def update_user(
     username: str, body: UserPatch, user: CurrentUser, services: ServicesDep
 ) -> UserAdminOut:
@@ -278,7 +281,7 @@ async def audit_log(
     return [AuditOut.model_validate(r) for r in rows]
 
 
-@router.post("/gateways/register", status_code=201, response_model=RegisterOut, responses=_E403)
+@router.post("/gateways/register", status_code=201, response_model=RegisterOut, responses=_E409)
 async def register_gateway(
     body: RegisterIn, request: Request, user: CurrentUser, services: ServicesDep
 ) -> RegisterOut:

@@ -9,10 +9,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query, Response
+from fastapi import APIRouter, Depends, Path, Query, Response
 
 from cloud.api.deps import ServicesDep
 from cloud.auth import CurrentUser, Permission, require_site
+from cloud.schemas import ErrorOut
 from cloud.workorders.lifecycle import Status
 from cloud.workorders.report import to_csv
 from cloud.workorders.rules import Priority
@@ -27,10 +28,12 @@ from cloud.workorders.service import WorkOrderService
 
 router = APIRouter(tags=["work orders"])
 ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"description": "bad cursor"},
-    404: {"description": "no such work order"},
-    409: {"description": "invalid transition; the message names the allowed ones"},
-    422: {"description": "invalid request"},
+    400: {"model": ErrorOut, "description": "bad cursor"},
+    401: {"model": ErrorOut, "description": "no valid bearer token"},
+    403: {"model": ErrorOut, "description": "not allowed at that site"},
+    404: {"model": ErrorOut, "description": "no such work order"},
+    409: {"model": ErrorOut, "description": "invalid transition; the message names the allowed ones"},
+    422: {"model": ErrorOut, "description": "invalid request"},
 }
 
 
@@ -40,6 +43,8 @@ def get_work_orders(services: ServicesDep) -> WorkOrderService:
 
 
 WorkOrdersDep = Annotated[WorkOrderService, Depends(get_work_orders)]
+# Work order ids are SQL integers: a larger number is a 422, not an overflow (500) in the driver.
+WorkOrderId = Annotated[int, Path(ge=1, le=2**63 - 1)]
 
 
 @router.get("/work-orders", response_model=WorkOrderPage, responses=ERRORS)
@@ -77,7 +82,7 @@ async def create_work_order(
 
 @router.get("/work-orders/{work_order_id}", response_model=WorkOrderDetail, responses=ERRORS)
 async def get_work_order(
-    work_order_id: int, user: CurrentUser, work_orders: WorkOrdersDep
+    work_order_id: WorkOrderId, user: CurrentUser, work_orders: WorkOrdersDep
 ) -> WorkOrderDetail:
     detail = await work_orders.detail(work_order_id)
     require_site(user, detail.site_id, Permission.READ)
@@ -86,7 +91,7 @@ async def get_work_order(
 
 @router.post("/work-orders/{work_order_id}/transitions", response_model=WorkOrderDetail, responses=ERRORS)
 async def transition_work_order(
-    work_order_id: int, body: TransitionIn, user: CurrentUser, work_orders: WorkOrdersDep
+    work_order_id: WorkOrderId, body: TransitionIn, user: CurrentUser, work_orders: WorkOrdersDep
 ) -> WorkOrderDetail:
     current = await work_orders.detail(work_order_id)
     require_site(user, current.site_id, Permission.WORK_ORDERS)
@@ -96,13 +101,19 @@ async def transition_work_order(
 @router.get(
     "/reports/work-orders",
     response_model=WorkOrderReport,
-    responses={200: {"content": {"text/csv": {}}}, 422: {"description": "invalid request"}},
+    responses={
+        200: {"content": {"text/csv": {}}},
+        401: ERRORS[401],
+        403: ERRORS[403],
+        422: ERRORS[422],
+    },
 )
 async def work_order_report(
     *,
     user: CurrentUser,
     work_orders: WorkOrdersDep,
-    site: Annotated[str | None, Query(max_length=64)] = None,
+    # A site id (it also names the CSV file in a header, which takes no arbitrary text).
+    site: Annotated[str | None, Query(pattern=r"^[A-Za-z0-9_.-]{1,64}$")] = None,
     from_: Annotated[
         datetime | None, Query(alias="from", description="Created at or after (ISO 8601)")
     ] = None,

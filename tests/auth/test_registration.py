@@ -22,7 +22,8 @@ SITE, GW = "oak-garden", "gw-7"
 
 
 async def _connects(port: int, username: str, password: str) -> bool:
-    client = MqttClient("127.0.0.1", port, client_id=f"t-{username}", username=username, password=password)
+    # A gateway account may connect only under its own client ids (steward.broker_auth): its username.
+    client = MqttClient("127.0.0.1", port, client_id=username, username=username, password=password)
     try:
         await client.connect(timeout=5)
     except MqttConnectError:
@@ -58,7 +59,7 @@ async def test_installer_registers_a_gateway_and_its_credentials_work(
             async with MqttClient(
                 "127.0.0.1",
                 broker.port,
-                client_id="gw-7",
+                client_id=f"steward-gw-{GW}",  # what the edge uses
                 username=creds["broker_username"],
                 password=creds["broker_password"],
             ) as gw:

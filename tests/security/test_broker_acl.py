@@ -7,6 +7,10 @@ brokers really do with a forbidden action (checked here, not assumed):
   stays connected, so the assertion is that nobody receives the message.
 * SUBSCRIBE outside the grant: SUBACK return code 0x80 on both, and no message is delivered.
 * Bad or missing credentials: CONNACK "not authorised"; the client never gets connected.
+* Another account's client id: amqtt (our auth plugin, run before amqtt touches the session) refuses
+  the CONNECT; Mosquitto's gateway listener replaces every client id with the username
+  (``use_username_as_clientid``), so the newcomer connects as itself. Either way the owner of the id
+  stays connected and keeps its session.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import pytest
 from protocol.topics import Topics
 from steward.broker import EmbeddedBroker
 from steward.broker_auth import (
+    GATEWAY_CLIENT_ID_PREFIXES,
     Access,
     BrokerAccounts,
     BrokerUser,
@@ -39,7 +44,11 @@ A = Topics(PREFIX, SITE, "gw-a")
 B = Topics(PREFIX, SITE, "gw-b")
 OTHER_SITE = Topics(PREFIX, "elm-court", "gw-a")  # same gateway id, another estate
 USER_A, USER_B = gateway_username(SITE, "gw-a"), gateway_username(SITE, "gw-b")
+USER_ELM = gateway_username("elm-court", "gw-a")
 CLOUD = "steward-cloud"
+# What the edge connects as (edge/gateway.py). gw-a exists at two sites, so its short id names neither
+# and both gw-a gateways must use their usernames as client ids.
+B_UPLINK_ID = "steward-gw-gw-b"
 
 
 @dataclass
@@ -48,6 +57,7 @@ class AclBroker:
     host: str
     port: int
     passwords: dict[str, str]
+    cloud_port: int = 0  # Mosquitto: the cloud's own listener
 
     def client(
         self, username: str | None, *, client_id: str, password: str | None = None, clean: bool = True
@@ -56,7 +66,7 @@ class AclBroker:
             password = self.passwords[username]
         return MqttClient(
             self.host,
-            self.port,
+            self.cloud_port if username == CLOUD and self.cloud_port else self.port,
             client_id=client_id,
             username=username,
             password=password,
@@ -74,7 +84,7 @@ async def broker(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
         if MOSQUITTO is None:
             pytest.skip("mosquitto binary not found (apt install mosquitto)")
         async with MosquittoProcess(tmp_path / "mosquitto", prov.accounts) as m:
-            yield AclBroker("mosquitto", m.host, m.port, prov.passwords)
+            yield AclBroker("mosquitto", m.host, m.port, prov.passwords, m.cloud_port)
 
 
 # ---- the rules themselves (pure) ----------------------------------------------------------------
@@ -156,7 +166,7 @@ def test_accounts_model_rejects_inconsistent_accounts() -> None:
 async def test_legitimate_flows_work(broker: AclBroker) -> None:
     async with (
         broker.client(CLOUD, client_id="cloud") as cloud,
-        broker.client(USER_A, client_id="gw-a") as gw,
+        broker.client(USER_A, client_id=USER_A) as gw,
     ):
         await cloud.subscribe(Topics.cloud_uplink_filter(PREFIX))
         await gw.subscribe(f"{A.base}/down/#")
@@ -187,9 +197,9 @@ async def test_legitimate_flows_work(broker: AclBroker) -> None:
 async def test_gateway_cannot_publish_outside_its_subtree(broker: AclBroker, forged: str) -> None:
     async with (
         broker.client(CLOUD, client_id="cloud") as cloud,
-        broker.client(USER_B, client_id="gw-b") as gw_b,
-        broker.client(USER_A, client_id="gw-a") as gw_a,
-        broker.client(gateway_username("elm-court", "gw-a"), client_id="gw-elm") as gw_elm,
+        broker.client(USER_B, client_id=B_UPLINK_ID) as gw_b,
+        broker.client(USER_A, client_id=USER_A) as gw_a,
+        broker.client(USER_ELM, client_id=USER_ELM) as gw_elm,
     ):
         await cloud.subscribe(Topics.cloud_uplink_filter(PREFIX))
         await gw_b.subscribe(f"{B.base}/down/#")
@@ -212,8 +222,8 @@ async def test_gateway_cannot_publish_outside_its_subtree(broker: AclBroker, for
     # Nor was it retained: fresh subscribers find no retained message on the forged topic.
     async with (
         broker.client(CLOUD, client_id="cloud-2") as late,
-        broker.client(USER_B, client_id="gw-b-2") as late_b,
-        broker.client(USER_A, client_id="gw-a-2") as a2,
+        broker.client(USER_B, client_id=B_UPLINK_ID) as late_b,
+        broker.client(USER_A, client_id=USER_A) as a2,
     ):
         await late.subscribe(Topics.cloud_uplink_filter(PREFIX))
         await late_b.subscribe(f"{B.base}/down/#")
@@ -243,7 +253,7 @@ async def test_gateway_cannot_subscribe_to_or_read_other_gateways(broker: AclBro
         username=USER_A,
         password=broker.passwords[USER_A],
         filters=[f"{A.base}/down/#", *REFUSED_FILTERS],
-        client_id="gw-a-probe",
+        client_id=USER_A,
     )
     assert codes[0] == 1
     if broker.kind == "amqtt":
@@ -257,8 +267,8 @@ async def test_gateway_cannot_subscribe_to_or_read_other_gateways(broker: AclBro
     # Whatever the SUBACK said, nothing outside A's own downlink is delivered to A.
     async with (
         broker.client(CLOUD, client_id="cloud") as cloud,
-        broker.client(USER_A, client_id="gw-a") as a,
-        broker.client(USER_B, client_id="gw-b") as b,
+        broker.client(USER_A, client_id=USER_A) as a,
+        broker.client(USER_B, client_id=B_UPLINK_ID) as b,
     ):
         await a.subscribe(f"{A.base}/down/#")
         for topic_filter in REFUSED_FILTERS:
@@ -275,18 +285,96 @@ async def test_gateway_cannot_subscribe_to_or_read_other_gateways(broker: AclBro
         assert [m.payload for m in await until_topic(a, A.commands)] == [b"sentinel"]
 
 
-async def test_taking_over_another_gateways_client_id_does_not_leak_its_commands(broker: AclBroker) -> None:
-    # B holds a persistent session subscribed to its commands; A reconnects under B's client id.
-    async with broker.client(USER_B, client_id="steward-gw-b", clean=False) as b:
-        await b.subscribe(f"{B.base}/down/#")
+@pytest.mark.parametrize("clean", [True, False], ids=["clean-session", "persistent-session"])
+@pytest.mark.parametrize("stolen_id", [B_UPLINK_ID, USER_B, "steward-dev-gw-b"])
+async def test_gateway_cannot_take_over_another_gateways_client_id(
+    broker: AclBroker, stolen_id: str, clean: bool
+) -> None:
+    """Gateway A, with its own valid password, connects under one of B's client ids. Before the fix
+    amqtt dropped or took over B's session (B silently stopped getting commands, or was kicked off)."""
     async with (
+        broker.client(USER_B, client_id=stolen_id, clean=False) as b,
         broker.client(CLOUD, client_id="cloud") as cloud,
-        broker.client(USER_A, client_id="steward-gw-b", clean=False) as hijack,
     ):
-        await hijack.subscribe(f"{A.base}/down/#")
-        await cloud.publish(B.commands, b"for-b-only")
-        await cloud.publish(A.commands, b"sentinel")
-        assert [m.payload for m in await until_topic(hijack, A.commands)] == [b"sentinel"]
+        await b.subscribe(f"{B.base}/down/#")
+        hijack = broker.client(USER_A, client_id=stolen_id, clean=clean)
+        if broker.kind == "amqtt":
+            with pytest.raises(MqttConnectError, match="refused"):
+                await hijack.connect(timeout=2)
+        else:
+            # Mosquitto lets A in, but as itself: the client id it sent is replaced by its username.
+            await hijack.connect(timeout=5)
+            await hijack.subscribe(f"{A.base}/down/#")
+        try:
+            await cloud.publish(B.commands, b"for-b-only")
+            await cloud.publish(A.commands, b"for-a")
+            # B still holds its id: connected, subscribed, getting its commands.
+            assert [m.payload for m in await until_topic(b, B.commands)] == [b"for-b-only"]
+            assert b.is_connected
+            if hijack.is_connected:
+                assert [m.payload for m in await until_topic(hijack, A.commands)] == [b"for-a"]
+        finally:
+            await hijack.disconnect()
+        await cloud.publish(B.commands, b"still for b")
+        assert [m.payload for m in await until_topic(b, B.commands)] == [b"still for b"]
+        assert b.reconnects == 0, "B was kicked off (it reconnected on its own)"
+
+
+async def test_gateways_connect_with_the_edges_client_ids(broker: AclBroker) -> None:
+    """The rule admits what the edge really sends (uplink and on-broker device client ids)."""
+    for client_id in (USER_B, *(f"{p}gw-b" for p in GATEWAY_CLIENT_ID_PREFIXES)):
+        async with broker.client(USER_B, client_id=client_id) as b:
+            await b.publish(B.status, b"{}", qos=1)
+
+
+async def test_several_cloud_instances_share_the_cloud_account(broker: AclBroker) -> None:
+    """Cloud instances log in with one account and their own client ids; none kicks another off."""
+    async with (
+        broker.client(CLOUD, client_id="cloud-a") as one,
+        broker.client(CLOUD, client_id="cloud-b") as two,
+        broker.client(USER_B, client_id=B_UPLINK_ID) as b,
+    ):
+        for cloud in (one, two):
+            await cloud.subscribe(Topics.cloud_uplink_filter(PREFIX))
+        await b.publish(B.events, b"events")
+        assert [m.payload for m in await until_topic(one, B.events)] == [b"events"]
+        assert [m.payload for m in await until_topic(two, B.events)] == [b"events"]
+        assert one.is_connected and two.is_connected
+
+
+async def test_cloud_account_cannot_use_a_gateways_client_id_on_amqtt(tmp_path: Path) -> None:
+    """On the embedded broker the cloud account is bound too: gateway ids are reserved for gateways.
+    (On Mosquitto the cloud's own listener takes ids as sent; see docs/security.md.)"""
+    prov = provision([(SITE, "gw-b")], topic_prefix=PREFIX)
+    async with EmbeddedBroker(port=0, accounts=prov.accounts) as b:
+        for client_id in (B_UPLINK_ID, USER_B, "steward-dev-gw-b", "anything@else"):
+            intruder = MqttClient(
+                b.host, b.port, client_id=client_id, username=CLOUD, password=prov.passwords[CLOUD]
+            )
+            with pytest.raises(MqttConnectError, match="refused"):
+                await intruder.connect(timeout=2)
+
+
+def test_client_id_rules() -> None:
+    accounts = provision(
+        [(SITE, "gw-a"), (SITE, "gw-b"), ("elm-court", "gw-a")], topic_prefix=PREFIX
+    ).accounts
+    allowed = accounts.client_id_allowed
+    assert allowed(USER_B, USER_B)
+    assert allowed(USER_B, "steward-gw-gw-b") and allowed(USER_B, "steward-dev-gw-b")
+    assert not allowed(USER_B, "steward-gw-gw-a")  # another gateway's
+    assert not allowed(USER_B, USER_A)
+    assert not allowed(USER_B, "gw-b") and not allowed(USER_B, "") and not allowed(USER_B, None)
+    assert not allowed(USER_B, "cloud")  # nor the cloud's
+    # gw-a is at two sites: its short id would name either, so each may use only its username.
+    assert allowed(USER_A, USER_A) and allowed(USER_ELM, USER_ELM)
+    assert not allowed(USER_A, "steward-gw-gw-a") and not allowed(USER_ELM, "steward-gw-gw-a")
+    assert not allowed(USER_A, USER_ELM)
+    # The cloud: any id of its own, none reserved for gateways.
+    assert allowed(CLOUD, "steward-cloud") and allowed(CLOUD, "cloud-a1b2") and allowed(CLOUD, "")
+    assert not allowed(CLOUD, "steward-gw-gw-b") and not allowed(CLOUD, "steward-dev-x")
+    assert not allowed(CLOUD, USER_B) and not allowed(CLOUD, "x@y")
+    assert not allowed("nobody", "anything")
 
 
 @pytest.mark.parametrize(
@@ -309,23 +397,24 @@ async def test_one_gateways_password_does_not_open_another_account(broker: AclBr
         await client.connect(timeout=2)
 
 
-async def test_unauthenticated_connect_with_a_gateways_client_id(broker: AclBroker) -> None:
-    """Mosquitto authenticates before anything else; amqtt 0.12 drops the old session first."""
+@pytest.mark.parametrize("password", [None, "wrong-password"], ids=["anonymous", "wrong-password"])
+async def test_refused_connect_with_a_gateways_client_id_leaves_its_session_alone(
+    broker: AclBroker, password: str | None
+) -> None:
+    """Before the fix amqtt 0.12 deleted B's session for a CONNECT it then refused: B stayed connected
+    but silently got no more commands. Now both brokers authenticate before touching the session."""
     async with (
-        broker.client(USER_B, client_id="steward-gw-b") as b,
+        broker.client(USER_B, client_id=B_UPLINK_ID) as b,
         broker.client(CLOUD, client_id="cloud") as cloud,
     ):
         await b.subscribe(f"{B.base}/down/#")
-        intruder = broker.client(None, client_id="steward-gw-b")
-        with pytest.raises(MqttConnectError, match="refused"):
-            await intruder.connect(timeout=2)
+        for clean in (True, False):
+            intruder = broker.client(
+                None if password is None else USER_B, client_id=B_UPLINK_ID, password=password, clean=clean
+            )
+            with pytest.raises(MqttConnectError, match="refused"):
+                await intruder.connect(timeout=2)
         await cloud.publish(B.commands, b"after the intrusion attempt")
-        if broker.kind == "mosquitto":
-            assert [m.payload for m in await until_topic(b, B.commands)] == [b"after the intrusion attempt"]
-        else:
-            # Known amqtt 0.12 defect (docs/security.md): the refused CONNECT already deleted B's session,
-            # so B, still connected, silently gets no more commands. If this fails, amqtt fixed it:
-            # update docs/security.md.
-            with pytest.raises(TimeoutError):
-                await until_topic(b, B.commands, timeout=1.0)
-            assert b.is_connected
+        assert [m.payload for m in await until_topic(b, B.commands)] == [b"after the intrusion attempt"]
+        assert b.is_connected
+        assert b.reconnects == 0

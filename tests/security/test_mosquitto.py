@@ -79,27 +79,46 @@ def test_acl_file_text() -> None:
 
 def test_conf_refuses_anonymous_and_sets_nodelay_and_tls(tmp_path: Path) -> None:
     tls = ServerTls(tmp_path / "ca.crt", tmp_path / "s.crt", tmp_path / "s.key", require_certificate=True)
-    conf = mosquitto_conf_text(password_file=tmp_path / "p", acl_file=tmp_path / "a", port=8883, tls=tls)
-    lines = conf.splitlines()
+    conf = mosquitto_conf_text(
+        password_file=tmp_path / "p",
+        acl_file=tmp_path / "a",
+        port=8883,
+        tls=tls,
+        cloud_password_file=tmp_path / "c",
+    )
+    lines = [ln for ln in conf.splitlines() if ln and not ln.startswith("#")]
+    gateway = lines[lines.index("listener 8883") : lines.index("listener 1883 127.0.0.1")]
+    cloud = lines[lines.index("listener 1883 127.0.0.1") : lines.index("persistence false")]
+    assert "per_listener_settings true" in lines[: lines.index("listener 8883")]
     for expected in [
         "allow_anonymous false",
-        "per_listener_settings false",
         f"password_file {tmp_path / 'p'}",
         f"acl_file {tmp_path / 'a'}",
-        "listener 8883",
+        "use_username_as_clientid true",  # a gateway cannot connect under another's client id
         "set_tcp_nodelay true",
         "require_certificate true",
         "tls_version tlsv1.2",
         f"cafile {tmp_path / 'ca.crt'}",
     ]:
-        assert expected in lines
+        assert expected in gateway
+    # The cloud's listener: its own password file, client ids as sent (cloud instances share the account).
+    assert cloud == [
+        "listener 1883 127.0.0.1",
+        "allow_anonymous false",
+        f"password_file {tmp_path / 'c'}",
+        f"acl_file {tmp_path / 'a'}",
+        "set_tcp_nodelay true",
+    ]
 
 
 def test_written_files_are_private_and_round_trip(tmp_path: Path) -> None:
     prov = provision([("oak-garden", "gw-1")])
     files = write_broker_config(prov.accounts, tmp_path / "broker")
-    for path in (files.conf, files.password_file, files.acl_file):
+    for path in (files.conf, files.password_file, files.acl_file, files.cloud_password_file):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert [ln.split(":")[0] for ln in files.cloud_password_file.read_text().splitlines()] == [
+        "steward-cloud"
+    ]
     saved = prov.accounts.save(tmp_path / "accounts.json")
     assert stat.S_IMODE(saved.stat().st_mode) == 0o600
     assert BrokerAccounts.load(saved) == prov.accounts
@@ -168,3 +187,38 @@ async def test_mosquitto_accepts_our_hashes_and_reload_applies_rotation_and_remo
             await cloud.subscribe(Topics.cloud_uplink_filter("steward"))
             await gw.publish(topics.events, b"after rotation")
             assert [x.payload for x in await until_topic(cloud, topics.events)] == [b"after rotation"]
+
+
+@needs_mosquitto
+async def test_cloud_listener_takes_the_cloud_account_only_and_keeps_its_client_ids(tmp_path: Path) -> None:
+    """Gateways cannot use the cloud's listener (where client ids are not replaced) to take over an id;
+    cloud instances there keep the ids they send, so two of them do not kick each other off."""
+    prov = provision([("oak-garden", "gw-1")])
+    async with MosquittoProcess(tmp_path / "m", prov.accounts) as m:
+        gw_on_cloud_listener = MqttClient(
+            m.host, m.cloud_port, client_id="steward-gw-gw-1", username=GW, password=prov.passwords[GW]
+        )
+        with pytest.raises(MqttConnectError, match="refused"):
+            await gw_on_cloud_listener.connect(timeout=2)
+
+        def cloud(client_id: str) -> MqttClient:
+            return MqttClient(
+                m.host,
+                m.cloud_port,
+                client_id=client_id,
+                username="steward-cloud",
+                password=prov.passwords["steward-cloud"],
+            )
+
+        topics = Topics("steward", "oak-garden", "gw-1")
+        async with (
+            cloud("cloud-a") as a,
+            cloud("cloud-b") as b,
+            MqttClient(m.host, m.port, client_id="x", username=GW, password=prov.passwords[GW]) as gw,
+        ):
+            for c in (a, b):
+                await c.subscribe(Topics.cloud_uplink_filter("steward"))
+            await gw.publish(topics.events, b"to both")
+            for c in (a, b):
+                assert [x.payload for x in await until_topic(c, topics.events)] == [b"to both"]
+            assert a.is_connected and b.is_connected
