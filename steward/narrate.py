@@ -7,6 +7,7 @@ from protocol import Event
 _WORDS: dict[str, str] = {
     "gate.opened": "gate opened (开闸)",
     "gate.closed": "gate closed",
+    "gate.state": "gate position reported",
     "gate.vehicle_detected": "vehicle waiting at the gate",
     "gate.plate_read": "number plate read",
     "gate.fault": "GATE FAULT (道闸故障) — engineering to check",
