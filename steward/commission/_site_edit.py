@@ -90,8 +90,9 @@ def _validate(text: str, source: str) -> SiteConfig:
     return parse_site_config(data, source)
 
 
-def add_device(path: Path, device: dict[str, Any]) -> SiteConfig:
-    """Append ``device`` to the config at ``path``; ConfigError (loader's message) if it does not fit."""
+def _load_for_edit(path: Path) -> tuple[str, CommentedMap]:
+    """The config's text and its round-trip tree; ConfigError unless the file as it is loads: an edit
+    never builds on a broken config (fix that first)."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -105,8 +106,13 @@ def add_device(path: Path, device: dict[str, Any]) -> SiteConfig:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(data, CommentedMap):
         raise ConfigError(f"{path}: expected a mapping of settings at the top level")
-    # The file as it is must load: refuse to add to a broken config (fix that first).
     _validate(text, str(path))
+    return text, data
+
+
+def add_device(path: Path, device: dict[str, Any]) -> SiteConfig:
+    """Append ``device`` to the config at ``path``; ConfigError (loader's message) if it does not fit."""
+    text, data = _load_for_edit(path)
 
     new_text = _splice(text, data, device)
     if new_text is not None:
@@ -119,7 +125,7 @@ def add_device(path: Path, device: dict[str, Any]) -> SiteConfig:
             devices = data["devices"] = CommentedSeq()
         devices.append(_commented(device))
         buf = io.StringIO()
-        y.dump(data, buf)
+        _yaml().dump(data, buf)
         new_text = buf.getvalue()
     site = _validate(new_text, str(path))
     _write_atomic(path, new_text)
@@ -193,20 +199,7 @@ def set_section(path: Path, section: str, values: dict[str, Any], *, private: bo
     now, so it is written readable by its owner only (0600)."""
     from steward.commission._cloud import write_private
 
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such file") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read it ({exc.strerror})") from None
-    y = _yaml()
-    try:
-        data = y.load(text)
-    except YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(data, CommentedMap):
-        raise ConfigError(f"{path}: expected a mapping of settings at the top level")
-    _validate(text, str(path))
+    text, data = _load_for_edit(path)
 
     expected = yaml.safe_load(text)
     expected[section] = {**(expected.get(section) or {}), **values}
@@ -219,7 +212,7 @@ def set_section(path: Path, section: str, values: dict[str, Any], *, private: bo
             target = data[section] = CommentedMap()
         target.update(values)
         buf = io.StringIO()
-        y.dump(data, buf)
+        _yaml().dump(data, buf)
         new_text = buf.getvalue()
     site = _validate(new_text, str(path))
     if private:
