@@ -103,6 +103,14 @@ def make_engine(settings: CloudSettings) -> AsyncEngine:
             # before reuse, so this is the last chance to give ours back.
             write_lock.release(record.info)
 
+        @event.listens_for(engine.sync_engine.pool, "close")
+        def _close(dbapi_conn: Any, _record: Any) -> None:
+            _rollback_before_close(dbapi_conn)
+
+        @event.listens_for(engine.sync_engine.pool, "close_detached")
+        def _close_detached(dbapi_conn: Any) -> None:
+            _rollback_before_close(dbapi_conn)
+
     @event.listens_for(engine.sync_engine, "before_cursor_execute")
     def _read_only_guard(
         conn: Any, _cursor: Any, statement: str, _params: Any, _context: Any, _many: bool
@@ -113,6 +121,24 @@ def make_engine(settings: CloudSettings) -> AsyncEngine:
             raise ReadOnlySessionError(f"write in a read-only session: {statement[:80]!r}")
 
     return engine
+
+
+def _rollback_before_close(dbapi_conn: Any) -> None:
+    """Roll back on the connection's own worker thread before it is closed.
+
+    A writer cancelled mid-statement (an instance shutting down, a request timing out) makes SQLAlchemy
+    invalidate the connection instead of rolling it back, and close it with the cancelled statement's
+    cursor still alive in the exception's traceback. ``sqlite3_close_v2`` then leaves a "zombie" that
+    keeps the transaction, and with it the database's write lock, until the garbage collector frees that
+    cursor: every other writer, in this process or another, got "database is locked". Queued here, not
+    awaited: the caller may itself be cancelled, and the worker runs this before the close queued after
+    it (ROLLBACK is allowed with statements pending; on no transaction it does nothing)."""
+    worker = getattr(dbapi_conn, "_connection", None)  # aiosqlite.Connection
+    raw = getattr(worker, "_connection", None)  # its sqlite3.Connection, None once closed
+    queue = getattr(worker, "_tx", None)
+    if raw is None or queue is None:
+        return
+    queue.put_nowait((None, raw.rollback))
 
 
 class _WriteLock:
