@@ -23,6 +23,7 @@ from cloud.auth.passwords import hash_password, needs_rehash, verify_password
 from cloud.auth.permissions import Principal, Role
 from cloud.auth.tables import AuthAuditRow, TokenRow, UserRow
 from cloud.auth.throttle import LoginThrottle
+from cloud.db import make_read_sessions
 from cloud.errors import NotFound
 from cloud.settings import CloudSettings
 from protocol.ids import new_id
@@ -85,6 +86,9 @@ class AuthService:
     ) -> None:
         self.settings = settings
         self.sessions = sessions
+        # Every request authenticates: on SQLite a write session would queue each one behind ingest's
+        # write lock. Lookups read; only a due last_used_at touch writes.
+        self.read_sessions = make_read_sessions(sessions)
         self.clock = clock  # tests replace it to move time
         self.throttle = LoginThrottle(
             max_per_user=settings.login_max_failures,
@@ -130,7 +134,7 @@ class AuthService:
         query = select(AuthAuditRow).order_by(AuthAuditRow.id.desc()).limit(limit)
         if username:
             query = query.where(AuthAuditRow.username == normalize_username(username))
-        async with self.sessions() as session:
+        async with self.read_sessions() as session:
             return list((await session.execute(query)).scalars())
 
     # ---- login and tokens ------------------------------------------------------------------------
@@ -141,7 +145,7 @@ class AuthService:
         if wait > 0:
             await self.audit("login_throttled", username=name, client_ip=client_ip)
             raise TooManyAttempts(wait)
-        async with self.sessions() as session:
+        async with self.read_sessions() as session:
             user = await session.scalar(select(UserRow).where(UserRow.username == name))
         ok = await verify_password(user.password_hash if user else None, password)
         if user is None or not ok or user.disabled:
@@ -177,7 +181,7 @@ class AuthService:
         if not token or not token.startswith(tuple(_PREFIX.values())) or len(token) > 200:
             return None
         now = self.clock()
-        async with self.sessions() as session:
+        async with self.read_sessions() as session:
             found = (
                 await session.execute(
                     select(TokenRow, UserRow)
@@ -185,16 +189,16 @@ class AuthService:
                     .where(TokenRow.token_hash == hash_token(token))
                 )
             ).first()
-            if found is None:
-                return None
-            row, user = found
-            if row.revoked_at is not None or user.disabled:
-                return None
-            if row.expires_at is not None and row.expires_at <= now:
-                return None
-            if row.kind == "api" and (row.last_used_at is None or now - row.last_used_at > _TOUCH_EVERY):
+        if found is None:
+            return None
+        row, user = found
+        if row.revoked_at is not None or user.disabled:
+            return None
+        if row.expires_at is not None and row.expires_at <= now:
+            return None
+        if row.kind == "api" and (row.last_used_at is None or now - row.last_used_at > _TOUCH_EVERY):
+            async with self.sessions() as session, session.begin():
                 await session.execute(update(TokenRow).where(TokenRow.id == row.id).values(last_used_at=now))
-                await session.commit()
         return Principal(
             user_id=user.id,
             username=user.username,
@@ -240,7 +244,7 @@ class AuthService:
         )
         if not everyone:
             query = query.where(TokenRow.user_id == principal.user_id)
-        async with self.sessions() as session:
+        async with self.read_sessions() as session:
             return [(t, u) for t, u in (await session.execute(query)).all()]
 
     async def revoke_api_token(self, principal: Principal, token_id: str, *, any_user: bool) -> TokenRow:
@@ -255,7 +259,7 @@ class AuthService:
 
     # ---- accounts --------------------------------------------------------------------------------
     async def list_users(self) -> list[UserRow]:
-        async with self.sessions() as session:
+        async with self.read_sessions() as session:
             return list((await session.execute(select(UserRow).order_by(UserRow.username))).scalars())
 
     async def create_user(
