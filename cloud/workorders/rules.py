@@ -352,6 +352,10 @@ class RuleSet(_Strict):
     def zone(self, site_id: str | None) -> ZoneInfo:
         return ZoneInfo(self.site_timezones.get(site_id or "", self.timezone))
 
+    def index(self) -> RuleIndex:
+        """:meth:`relevant` by event type, for ingest (build once, ask per event)."""
+        return RuleIndex(self.rules)
+
     def relevant(self, fields: dict[str, Any]) -> bool:
         """Whether any rule opens, attaches, clears or starts a timer on this event (no I/O)."""
         for rule in self.rules:
@@ -375,6 +379,72 @@ class RuleSet(_Strict):
             if rule.kind == "offline" and rule.target == "device":
                 types.update({"device.offline", "device.online"})
         return types
+
+
+class _FieldTest:
+    """One ``where`` entry, ready to test an event directly: what :func:`lookup` would find at its path
+    in :func:`event_fields`, then :meth:`Condition.test`."""
+
+    __slots__ = ("cond", "data_key", "if_missing", "path")
+
+    def __init__(self, path: str, cond: Condition) -> None:
+        self.path = path
+        self.cond = cond
+        root, _, rest = path.partition(".")
+        self.data_key = rest if root == "data" and rest and "." not in rest else None
+        # The test is pure: its answer for an absent field (None) is the same for every event.
+        self.if_missing = cond.test(None)
+
+
+class RuleIndex:
+    """:meth:`RuleSet.relevant` by event type, asked of an :class:`Event` without building its
+    :func:`event_fields`. Ingest asks it for every new event, most of them readings no rule cares
+    about: an event type no rule names costs one dict lookup, and a ``where`` on one data field reads
+    the event's own data. Plain attributes on purpose: a pydantic private attribute costs a
+    ``__getattr__`` call per read, more than the whole test."""
+
+    __slots__ = ("by_type",)
+
+    def __init__(self, rules: list[Rule]) -> None:
+        # Per event type, one list of tests per way RuleSet.relevant can answer yes (all must pass; an
+        # empty list always does). Mirrors Rule.clears and RuleSet.relevant.
+        self.by_type: dict[str, list[list[_FieldTest]]] = {}
+        for rule in rules:
+            if rule.kind == "offline" and rule.target == "device":
+                self._add("device.online", {})  # clears
+                self._add("device.offline", {})  # starts the timer
+            if rule.clear is not None:
+                for event_type in rule.clear.on:
+                    self._add(event_type, rule.clear.where)
+            if rule.kind == "offline":
+                continue
+            for event_type in rule.on:
+                self._add(event_type, rule.where)
+
+    def _add(self, event_type: str, where: dict[str, Condition]) -> None:
+        self.by_type.setdefault(event_type, []).append([_FieldTest(p, c) for p, c in where.items()])
+
+    def relevant(self, site_id: str, gateway_id: str, event: Event) -> bool:
+        """The same answer as ``rules.relevant(event_fields(site_id, gateway_id, event))``."""
+        clauses = self.by_type.get(event.type)
+        if clauses is None:
+            return False
+        data = event.data
+        fields: dict[str, Any] | None = None
+        for tests in clauses:
+            for test in tests:
+                key = test.data_key
+                if key is not None:
+                    value = data.get(key)  # absent or stored null: lookup() answers None for both
+                else:  # nested, location or envelope paths: rare, so the general route
+                    if fields is None:
+                        fields = event_fields(site_id, gateway_id, event)
+                    value = lookup(fields, test.path)
+                if not (test.if_missing if value is None else test.cond.test(value)):
+                    break
+            else:
+                return True
+        return False
 
 
 class RulesError(Exception):

@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from cloud.errors import CloudError, NotFound
 from cloud.workorders import intake, lifecycle, report, store
 from cloud.workorders.lifecycle import FollowUp, Status
-from cloud.workorders.rules import Priority, RulesError, RuleSet, event_fields, load_rules
+from cloud.workorders.rules import Priority, RulesError, RuleSet, load_rules
 from cloud.workorders.schedules import MaintenancePlan, load_plan
 from cloud.workorders.schemas import (
     EscalationOut,
@@ -88,16 +88,13 @@ class WorkOrderService:
         self.clock = clock
         self.webhook = WebhookSender(settings, sessions, instance)
         self.ticker = Ticker(rules, plan, instance, self.webhook.enabled)
-        self._types = rules.event_types()
+        self._index = rules.index()
 
     # ---- ingest ---------------------------------------------------------------------------------
     async def on_events(self, batch: EventBatch, new_events: list[Event]) -> None:
         """The ingest listener: called after each committed batch with its new events."""
-        relevant = [
-            e
-            for e in new_events
-            if e.type in self._types and self.rules.relevant(event_fields(batch.site_id, batch.gateway_id, e))
-        ]
+        site_id, gateway_id, is_relevant = batch.site_id, batch.gateway_id, self._index.relevant
+        relevant = [e for e in new_events if is_relevant(site_id, gateway_id, e)]
         if not relevant:
             return
         now = self.clock()
