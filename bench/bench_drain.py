@@ -5,6 +5,7 @@
     python -m bench.bench_drain --cloud inline --broker embedded   # everything in one Python process
     python -m bench.bench_drain --postgres           # store in PostgreSQL 127.0.0.1:5432/test
     python -m bench.bench_drain --cloud trivial      # analysis: gateway + broker only (no store)
+    python -m bench.bench_drain --profile-cloud cloud.prof   # analysis: cProfile of the cloud process
 
 Topology. By default as deployed: the gateway (this process), the broker (Mosquitto, its own process;
 the embedded amqtt broker in this process if Mosquitto is not installed) and the cloud service (its
@@ -137,18 +138,43 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def _cloud_process(settings: Any, ready: asyncio.Event, pids: dict[str, int]) -> None:
+_PROFILED = (
+    # The bench stops the cloud with SIGTERM, which would end it before cProfile could write.
+    "import cProfile, os, signal\n"
+    "profile = cProfile.Profile()\n"
+    "def _dump(*_):\n"
+    "    profile.disable()\n"
+    "    profile.dump_stats(sys.argv[2])\n"
+    "    os._exit(0)\n"
+    "signal.signal(signal.SIGTERM, _dump)\n"
+    "profile.enable()\n"
+)
+
+
+def _main_thread_cpu_s(pid: int) -> float:
+    """CPU seconds the main thread (the event loop's) of a live process has used so far."""
+    with open(f"/proc/{pid}/task/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _cloud_process(
+    settings: Any, ready: asyncio.Event, pids: dict[str, int], profile: Path | None = None
+) -> None:
     """``--cloud process`` (the default): the same cloud service in its own Python process, as deployed:
-    the gateway and the cloud do not share one interpreter lock."""
+    the gateway and the cloud do not share one interpreter lock. ``profile``: run it under cProfile and
+    write the stats there when it is stopped."""
     code = (
         "import asyncio, sys\n"
         "from cloud.main import serve\n"
         "from cloud.settings import CloudSettings\n"
         "from steward.logging import configure_logging\n"
         "configure_logging('ERROR')\n"
-        "asyncio.run(serve(CloudSettings.model_validate_json(sys.argv[1])))\n"
+        + (_PROFILED if profile else "")
+        + "asyncio.run(serve(CloudSettings.model_validate_json(sys.argv[1])))\n"
     )
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", code, settings.model_dump_json())
+    args = [settings.model_dump_json(), *([str(profile)] if profile else [])]
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", code, *args)
     pids["cloud"] = proc.pid
     try:
         url = f"http://127.0.0.1:{settings.http_port}/metrics"
@@ -184,7 +210,13 @@ async def _pg_counts(settings: Any) -> tuple[int, int]:
     return int(stored), int(rows)
 
 
-async def _run(n: int, broker_kind: str, cloud_kind: str = "process", pg_url: str | None = None) -> None:
+async def _run(
+    n: int,
+    broker_kind: str,
+    cloud_kind: str = "process",
+    pg_url: str | None = None,
+    profile: Path | None = None,
+) -> None:
     from cloud.main import serve
     from cloud.settings import CloudSettings
 
@@ -252,13 +284,14 @@ async def _run(n: int, broker_kind: str, cloud_kind: str = "process", pg_url: st
                 if cloud_kind == "trivial":
                     cloud = tg.create_task(_trivial_acker(port, ready))
                 elif cloud_kind == "process":
-                    cloud = tg.create_task(_cloud_process(settings, ready, pids))
+                    cloud = tg.create_task(_cloud_process(settings, ready, pids, profile))
                 else:
                     cloud = tg.create_task(serve(settings, ready=ready))
                 await asyncio.wait_for(ready.wait(), 30)
                 gw = Gateway(site)
                 cpu0 = {name: _cpu_s(pid) for name, pid in pids.items()}
                 cpu0["gateway"] = time.process_time()
+                loop0 = _main_thread_cpu_s(pids["cloud"]) if "cloud" in pids else 0.0
                 started = time.perf_counter()
                 gw_task = tg.create_task(gw.run())
                 await asyncio.wait_for(gw.started.wait(), 30)
@@ -269,6 +302,8 @@ async def _run(n: int, broker_kind: str, cloud_kind: str = "process", pg_url: st
                 elapsed = time.perf_counter() - started
                 cpu = {name: _cpu_s(pid) - cpu0[name] for name, pid in pids.items()}
                 cpu["gateway"] = time.process_time() - cpu0["gateway"]
+                # The event loop's share of the cloud's CPU; the rest is mostly SQLite's (aiosqlite) thread.
+                loop_s = _main_thread_cpu_s(pids["cloud"]) - loop0 if "cloud" in pids else None
                 gw_task.cancel()
                 cloud.cancel()
             if cloud_kind == "trivial":
@@ -297,6 +332,8 @@ async def _run(n: int, broker_kind: str, cloud_kind: str = "process", pg_url: st
         print(f"cloud store: {stored:,} distinct events, {rows:,} rows (must both be {n:,})")
         shares = "; ".join(f"{name} {sec:.1f} s = {sec / n * 1e6:.0f} us/event" for name, sec in cpu.items())
         print(f"CPU during the drain: {shares}; wall {elapsed:.1f} s on {os.cpu_count()} cores")
+        if loop_s is not None:
+            print(f"cloud event loop thread: {loop_s:.1f} s = {loop_s / n * 1e6:.0f} us/event")
         if stored != n or rows != n:
             raise SystemExit("drain lost or duplicated events")
     finally:
@@ -330,7 +367,16 @@ def main() -> None:
         "sharing its interpreter lock; trivial: an acker that stores nothing (the gateway's and broker's "
         "ceiling)",
     )
+    parser.add_argument(
+        "--profile-cloud",
+        metavar="FILE",
+        type=Path,
+        help="with --cloud process: profile the cloud process with cProfile, stats written to FILE "
+        "(python -m pstats FILE); its CPU figure then includes the profiler's overhead",
+    )
     args = parser.parse_args()
+    if args.profile_cloud and args.cloud != "process":
+        parser.error("--profile-cloud needs --cloud process")
     configure_logging("ERROR")
     if args.broker is None:
         args.broker = "mosquitto" if shutil.which("mosquitto") else "embedded"
@@ -338,7 +384,7 @@ def main() -> None:
             print("mosquitto is not installed: the embedded broker runs in the gateway's process")
     if args.broker == "mosquitto" and not shutil.which("mosquitto"):
         raise SystemExit("mosquitto is not installed")
-    asyncio.run(_run(args.events, args.broker, args.cloud, args.postgres))
+    asyncio.run(_run(args.events, args.broker, args.cloud, args.postgres, args.profile_cloud))
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ import gc
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import structlog
@@ -41,6 +42,9 @@ log = structlog.get_logger("steward.cloud.ingest")
 GROUP_MAX_BATCHES = 16  # event batches committed in one transaction when they queue up
 GROUP_MAX_EVENTS = 8000
 PARSE_AHEAD = 32  # parsed messages waiting for the store stage
+# A command result proves its gateway alive; saying so in the store at most this often is plenty for
+# offline detection (minutes) and keeps the write off most results.
+RESULT_SEEN_EVERY = timedelta(seconds=5)
 _heap_frozen = False
 
 
@@ -73,6 +77,7 @@ class _Parsed:
     topics: Topics
     batch: EventBatch
     started: float
+    prepared: store.PreparedBatch | None = None  # None: ingest_batch prepares it itself
 
 
 @dataclass(slots=True)
@@ -164,7 +169,11 @@ class Ingest:
                 raise Rejected(
                     "too_large", f"{len(message.payload)} bytes > limit {self.settings.max_payload_bytes}"
                 )
-            return _Parsed(topics, self._parse(EventBatch, message.payload, topics), started)
+            batch: EventBatch = self._parse(EventBatch, message.payload, topics)
+            # The store's per-event work that needs no database, done here: it then overlaps the
+            # previous group's SQL instead of lengthening the transaction.
+            prepared = store.prepare_batch(batch, sqlite=not self.settings.is_postgres)
+            return _Parsed(topics, batch, started, prepared)
         except Rejected as exc:
             self._rejected(exc, gateway, message.topic)
         except Exception:
@@ -223,7 +232,10 @@ class Ingest:
         async with self.sessions() as session, session.begin():
             for batch in latest.values():
                 await store.touch_batch_gateway(session, batch, now, skew)
-            return [await store.ingest_batch(session, item.batch, now, skew, touch=False) for item in group]
+            return [
+                await store.ingest_batch(session, item.batch, now, skew, touch=False, prepared=item.prepared)
+                for item in group
+            ]
 
     def _store_failed(self, item: _Parsed, exc: Exception) -> None:
         gateway, topic = item.topics.gateway_id, item.topics.events
@@ -360,8 +372,8 @@ class Ingest:
         result: CommandResult = self._parse(CommandResult, payload, topics)
         now = utcnow()
         async with self.sessions() as session, session.begin():
-            await store.touch_gateway(session, topics.site_id, topics.gateway_id, now)
             changed = await store.apply_result(session, result, now)
+            await store.mark_gateway_seen(session, topics.gateway_id, now, RESULT_SEEN_EVERY)
         self.metrics.results += 1
         self.log.info(
             "ingest.command_result",

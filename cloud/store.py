@@ -5,14 +5,17 @@ session and transaction; the caller commits. One code path for SQLite and Postgr
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from operator import attrgetter
 from typing import Any
 
 from pydantic_core import to_json
 from sqlalchemy import select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cloud.state import merge_latest, numeric_points, state_updates
@@ -71,8 +74,25 @@ async def touch_gateway(
     )
 
 
+async def mark_gateway_seen(session: AsyncSession, gateway_id: str, now: datetime, every: timedelta) -> None:
+    """Mark a known gateway online and seen, writing only when that changes something or ``last_seen``
+    is older than ``every``: for messages (command results) that arrive far more often than the
+    offline detection needs, and that must not pay :func:`touch_gateway`'s two upserts each."""
+    c = Gateway.__table__.c
+    due = c.online.is_(False) | c.last_seen.is_(None) | (c.last_seen < now - every)
+    await session.execute(
+        update(Gateway.__table__).where(c.id == gateway_id, due).values(online=True, last_seen=now)
+    )
+
+
 async def ingest_batch(
-    session: AsyncSession, batch: EventBatch, now: datetime, max_skew_s: float = 120.0, *, touch: bool = True
+    session: AsyncSession,
+    batch: EventBatch,
+    now: datetime,
+    max_skew_s: float = 120.0,
+    *,
+    touch: bool = True,
+    prepared: PreparedBatch | None = None,
 ) -> BatchOutcome:
     """Insert every event once (insert-or-ignore on the ULID) and apply the new ones to device state.
 
@@ -85,17 +105,30 @@ async def ingest_batch(
 
     ``touch=False``: the caller already ran :func:`touch_batch_gateway` in this transaction for a
     batch of the same gateway (group commit touches each gateway once, with its latest batch).
+    ``prepared``: :func:`prepare_batch` of this batch for this session's dialect, if the caller made it
+    already (ingest does, before the transaction); else it is made here.
     """
     skew = (batch.sent_at - now).total_seconds()
     if touch:
         await touch_batch_gateway(session, batch, now, max_skew_s)
-    by_id = {e.id: e for e in batch.events}
-    if _dialect(session) == "postgresql":
+    pg = _dialect(session) == "postgresql"
+    if prepared is None or prepared.sqlite == pg:
+        prepared = prepare_batch(batch, sqlite=not pg)
+    by_id = prepared.by_id
+    if pg:
         inserted = await _insert_events_pg(session, batch, list(by_id.values()), now)
+        db = None
     else:
-        inserted = await _insert_events_sqlite(session, batch, by_id, now)
-    new_events = sorted((by_id[i] for i in inserted), key=_event_order)
-    await _apply_to_devices(session, batch, new_events, now)
+        db = await _SqliteDriver.of(session)
+        inserted = await _insert_events_sqlite(db, prepared, now)
+    if len(inserted) == len(by_id):  # the usual case: nothing was stored before
+        new_events = [by_id[i] for i in prepared.order]
+        latest, readings = prepared.latest, prepared.readings
+    else:
+        new_ids = set(inserted)
+        new_events = [by_id[i] for i in prepared.order if i in new_ids]
+        latest, readings = _device_changes(new_events)
+    await _apply_to_devices(session, batch, new_events, now, db=db, latest=latest, readings=readings)
     return BatchOutcome(
         stored=len(inserted),
         duplicates=len(batch.events) - len(inserted),
@@ -104,23 +137,72 @@ async def ingest_batch(
     )
 
 
+@dataclass(slots=True)
+class PreparedBatch:
+    """What storing a batch needs that no database state decides, worked out ahead: ingest does it in
+    its parse stage, where it overlaps the previous group's SQL instead of adding to it."""
+
+    sqlite: bool
+    by_id: dict[str, Event]  # one event per id; a repeated id keeps its last event
+    order: list[str]  # ids in (ts, seq) order: the order events are applied and reported in
+    rows: dict[str, tuple[Any, ...]]  # SQLite: each event's row, all columns but stored_at (last)
+    latest: dict[str, dict[str, tuple[Any, datetime]]]  # _device_changes of every event
+    readings: list[tuple[str, str, int, float]]
+
+
+def prepare_batch(batch: EventBatch, *, sqlite: bool = True) -> PreparedBatch:
+    """:class:`PreparedBatch` for ``batch``; ``sqlite``: build SQLite's rows too."""
+    by_id = {e.id: e for e in batch.events}
+    ordered = sorted(by_id.values(), key=_event_order)
+    latest, readings = _device_changes(ordered)
+    return PreparedBatch(
+        sqlite=sqlite,
+        by_id=by_id,
+        order=[e.id for e in ordered],
+        rows=_sqlite_rows(batch, by_id) if sqlite else {},
+        latest=latest,
+        readings=readings,
+    )
+
+
 async def touch_batch_gateway(
     session: AsyncSession, batch: EventBatch, now: datetime, max_skew_s: float = 120.0
 ) -> None:
     """:func:`touch_gateway` for the gateway that sent ``batch``, with the clock skew the batch shows."""
     skew = (batch.sent_at - now).total_seconds()
-    await touch_gateway(
-        session,
-        batch.site_id,
-        batch.gateway_id,
-        now,
-        clock_skew_s=round(skew, 3),
-        clock_skewed=abs(skew) > max_skew_s,
+    clock_skew_s, clock_skewed = round(skew, 3), abs(skew) > max_skew_s
+    if _dialect(session) == "postgresql":
+        await touch_gateway(
+            session,
+            batch.site_id,
+            batch.gateway_id,
+            now,
+            clock_skew_s=clock_skew_s,
+            clock_skewed=clock_skewed,
+        )
+        return
+    # The same two upserts as touch_gateway, as SQLAlchemy would bind them on SQLite (booleans 1/0,
+    # JSON text, naive UTC text), without building and compiling two ORM statements per group commit.
+    db = await _SqliteDriver.of(session)
+    stamp = _sqlite_ts(now)
+    await db.execute(_SQLITE_TOUCH_SITE, (batch.site_id, stamp, stamp))
+    await db.execute(
+        _SQLITE_TOUCH_GATEWAY, (batch.gateway_id, batch.site_id, stamp, clock_skew_s, int(clock_skewed))
     )
 
 
-def _event_order(e: Event) -> tuple[datetime, int]:
-    return (e.ts, e.seq)
+_SQLITE_TOUCH_SITE = (
+    "INSERT INTO sites (id, name, created_at, updated_at) VALUES (?, NULL, ?, ?) ON CONFLICT (id) DO NOTHING"
+)
+_SQLITE_TOUCH_GATEWAY = (
+    "INSERT INTO gateways (id, site_id, online, last_seen, status, health, clock_skew_s, clock_skewed)"
+    " VALUES (?, ?, 1, ?, '{}', '{}', ?, ?) ON CONFLICT (id) DO UPDATE SET site_id = excluded.site_id,"
+    " online = 1, last_seen = excluded.last_seen, clock_skew_s = excluded.clock_skew_s,"
+    " clock_skewed = excluded.clock_skewed"
+)
+
+
+_event_order = attrgetter("ts", "seq")  # (ts, seq), without a Python call per event
 
 
 _SEVERITY: dict[str, str] = {}
@@ -140,14 +222,16 @@ def _json(value: Any) -> str:
     return to_json(value).decode()
 
 
-def _location_json(location: Location | None, cache: dict[Location, str]) -> str | None:
+def _location_json(location: Location | None, cache: dict[tuple[Any, ...], str]) -> str | None:
     """The stored JSON of an event location (``exclude_none``), memoised per batch: most events of a
-    batch share a handful of locations."""
+    batch share a handful of locations. Keyed by the field values: hashing and comparing the models
+    themselves runs pydantic's Python ``__hash__``/``__eq__`` for every event."""
     if location is None:
         return None
-    text_ = cache.get(location)
+    key = tuple(location.__dict__.values())
+    text_ = cache.get(key)
     if text_ is None:
-        text_ = cache[location] = _json(location.model_dump(exclude_none=True))
+        text_ = cache[key] = _json(location.model_dump(exclude_none=True))
     return text_
 
 
@@ -170,46 +254,86 @@ def _sqlite_ts_cached(value: datetime, cache: dict[datetime, str]) -> str:
     return text_
 
 
+class _SqliteDriver:
+    """The aiosqlite connection under a session's transaction, for the statements of a backlog drain.
+
+    Through SQLAlchemy's adapter each statement costs several hand-offs to aiosqlite's thread (cursor,
+    execute, fetch, close) and about 250 µs of the event loop's CPU; aiosqlite's own calls need one.
+    Same connection and transaction (``BEGIN IMMEDIATE`` already issued by the session), so atomicity
+    and the write lock are unchanged. Driver errors are raised as SQLAlchemy's, as they were before:
+    ingest counts those as store errors and does not acknowledge the batch."""
+
+    __slots__ = ("conn",)
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+
+    @classmethod
+    async def of(cls, session: AsyncSession) -> _SqliteDriver:
+        connection = await session.connection()  # begins the transaction if it has not yet
+        raw = await connection.get_raw_connection()
+        return cls(raw.driver_connection)
+
+    async def execute(self, sql: str, params: Sequence[Any]) -> None:
+        try:
+            await self.conn.execute(sql, params)
+        except sqlite3.Error as exc:
+            raise DBAPIError.instance(sql, params, exc, sqlite3.Error, hide_parameters=True) from exc
+
+    async def fetchall(self, sql: str, params: Sequence[Any]) -> Any:
+        try:
+            return await self.conn.execute_fetchall(sql, params)
+        except sqlite3.Error as exc:
+            raise DBAPIError.instance(sql, params, exc, sqlite3.Error, hide_parameters=True) from exc
+
+    async def executemany(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        try:
+            await self.conn.executemany(sql, rows)
+        except sqlite3.Error as exc:
+            raise DBAPIError.instance(sql, rows, exc, sqlite3.Error, hide_parameters=True) from exc
+
+
 _SQLITE_EXISTING = "SELECT id FROM events WHERE id IN (SELECT value FROM json_each(?))"
-_SQLITE_INSERT = (
+_SQLITE_INSERT = (  # stored_at last: a prepared row gets it by one tuple concatenation
     "INSERT INTO events (id, site_id, gateway_id, seq, device_id, type, severity, ts, received_at,"
-    " stored_at, location, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " location, data, stored_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 
-async def _insert_events_sqlite(
-    session: AsyncSession, batch: EventBatch, by_id: dict[str, Event], now: datetime
-) -> list[str]:
-    conn = await session.connection()
-    ids = list(by_id)
-    result = await conn.exec_driver_sql(_SQLITE_EXISTING, (json.dumps(ids),))
-    existing = {row[0] for row in result}
-    new_ids = [i for i in ids if i not in existing]
+def _sqlite_rows(batch: EventBatch, by_id: dict[str, Event]) -> dict[str, tuple[Any, ...]]:
+    site, gateway = batch.site_id, batch.gateway_id
+    locations: dict[tuple[Any, ...], str] = {}
+    times: dict[datetime, str] = {}
+    # The per-batch caches are read inline: this loop runs once per event.
+    severities, time_text, to_json_ = _SEVERITY, _sqlite_ts_cached, _json
+    rows = {}
+    for i, e in by_id.items():
+        event_type, ts, received_at, location = e.type, e.ts, e.received_at, e.location
+        rows[i] = (
+            i,
+            site,
+            gateway,
+            e.seq,
+            e.device_id,
+            event_type,
+            severities.get(event_type) or _severity(event_type),
+            times.get(ts) or time_text(ts, times),
+            times.get(received_at) or time_text(received_at, times),
+            None if location is None else _location_json(location, locations),
+            to_json_(e.data),
+        )
+    return rows
+
+
+async def _insert_events_sqlite(db: _SqliteDriver, prepared: PreparedBatch, now: datetime) -> list[str]:
+    ids = list(prepared.by_id)
+    existing = {row[0] for row in await db.fetchall(_SQLITE_EXISTING, (json.dumps(ids),))}
+    new_ids = [i for i in ids if i not in existing] if existing else ids
     if not new_ids:
         return []
-    site, gateway, stored_at = batch.site_id, batch.gateway_id, _sqlite_ts(now)
-    locations: dict[Location, str] = {}
-    times: dict[datetime, str] = {}
-    rows = []
-    for i in new_ids:
-        e = by_id[i]
-        rows.append(
-            (
-                i,
-                site,
-                gateway,
-                e.seq,
-                e.device_id,
-                e.type,
-                _severity(e.type),
-                _sqlite_ts_cached(e.ts, times),
-                _sqlite_ts_cached(e.received_at, times),
-                stored_at,
-                _location_json(e.location, locations),
-                _json(e.data),
-            )
-        )
-    await conn.exec_driver_sql(_SQLITE_INSERT, rows)
+    stored_at = (_sqlite_ts(now),)
+    rows = prepared.rows
+    await db.executemany(_SQLITE_INSERT, [rows[i] + stored_at for i in new_ids])
     return new_ids
 
 
@@ -229,7 +353,7 @@ _PG_INSERT = text(
 async def _insert_events_pg(
     session: AsyncSession, batch: EventBatch, events: list[Event], now: datetime
 ) -> list[str]:
-    locations: dict[Location, str] = {}
+    locations: dict[tuple[Any, ...], str] = {}
     result = await session.execute(
         _PG_INSERT,
         {
@@ -262,20 +386,63 @@ _READINGS_INSERT_PG = (
 )
 
 
+_DEVICE_STATES_SQLITE = "SELECT id, state FROM devices WHERE id IN (SELECT value FROM json_each(?))"
+
+
+def _device_changes(
+    events: list[Event],
+) -> tuple[dict[str, dict[str, tuple[Any, datetime]]], list[tuple[str, str, int, float]]]:
+    """For ``events`` in (ts, seq) order: per device and state key the last value with its time, and
+    every reading row, in that order."""
+    # Per device and state key, only the last event (in (ts, seq) order) can decide the merged value:
+    # see cloud.state.merge_latest.
+    latest: dict[str, dict[str, tuple[Any, datetime]]] = {}
+    readings: list[tuple[str, str, int, float]] = []
+    for e in events:
+        event_type, data = e.type, e.data
+        updates = state_updates(event_type, data)
+        if updates:
+            per_device = latest.setdefault(e.device_id, {})
+            for key, value in updates.items():
+                per_device[key] = (value, e.ts)
+        if event_type.startswith(_READING_TYPES):
+            points = numeric_points(data)
+            if points:
+                ts_ms = int(e.ts.timestamp() * 1000)
+                device_id = e.device_id
+                readings += [(device_id, p, ts_ms, v) for p, v in points.items()]
+    return latest, readings
+
+
 async def _apply_to_devices(
-    session: AsyncSession, batch: EventBatch, events: list[Event], now: datetime
+    session: AsyncSession,
+    batch: EventBatch,
+    events: list[Event],
+    now: datetime,
+    *,
+    db: _SqliteDriver | None,
+    latest: dict[str, dict[str, tuple[Any, datetime]]],
+    readings: list[tuple[str, str, int, float]],
 ) -> None:
     """One SELECT for the batch's devices, one UPDATE per device whose state changed, and every
-    reading of the batch in one ``executemany``. ``events`` are in (ts, seq) order."""
+    reading of the batch in one ``executemany``. ``events`` are in (ts, seq) order; ``latest`` and
+    ``readings`` are their :func:`_device_changes`. ``db``: the session's SQLite connection (None on
+    PostgreSQL)."""
     if not events:
         return
     device_ids = sorted({e.device_id for e in events})
+
     # Columns, not ORM objects: always what the transaction sees now (several batches may share one
     # transaction and session), and nothing for the unit of work to track.
-    states_now = select(Device.id, Device.state).where(Device.id.in_(device_ids))
-    existing: dict[str, dict[str, Any]] = {
-        i: state or {} for i, state in (await session.execute(states_now)).all()
-    }
+    async def states_now() -> dict[str, dict[str, Any]]:
+        if db is None:
+            query = select(Device.id, Device.state).where(Device.id.in_(device_ids))
+            return {i: state or {} for i, state in (await session.execute(query)).all()}
+        # What the JSON column type would give: json.loads of the stored text, {} for NULL or null.
+        rows = await db.fetchall(_DEVICE_STATES_SQLITE, (json.dumps(device_ids),))
+        return {i: (json.loads(state) if state is not None else None) or {} for i, state in rows}
+
+    existing = await states_now()
     missing = [d for d in device_ids if d not in existing]
     if missing:
         await session.execute(
@@ -297,24 +464,8 @@ async def _apply_to_devices(
             )
             .on_conflict_do_nothing(index_elements=["id"])
         )
-        existing = {i: state or {} for i, state in (await session.execute(states_now)).all()}
-    # Per device and state key, only the last event (in (ts, seq) order) can decide the merged value:
-    # see cloud.state.merge_latest.
-    latest: dict[str, dict[str, tuple[Any, datetime]]] = {}
-    readings: list[tuple[str, str, int, float]] = []
-    for e in events:
-        updates = state_updates(e.type, e.data)
-        if updates:
-            per_device = latest.setdefault(e.device_id, {})
-            for key, value in updates.items():
-                per_device[key] = (value, e.ts)
-        if e.type.startswith(_READING_TYPES):
-            points = numeric_points(e.data)
-            if points:
-                ts_ms = int(e.ts.timestamp() * 1000)
-                device_id = e.device_id
-                readings += [(device_id, p, ts_ms, v) for p, v in points.items()]
-    pg = _dialect(session) == "postgresql"
+        existing = await states_now()
+    pg = db is None
     changed = []
     for device_id, updates in latest.items():
         before = existing.get(device_id)
@@ -323,11 +474,17 @@ async def _apply_to_devices(
         state = merge_latest(before, updates)
         if state != before:
             changed.append((json.dumps(state), now if pg else _sqlite_ts(now), device_id))
+    if db is not None:
+        if changed:  # one executemany for every device of the batch
+            await db.executemany(_DEVICE_STATE_SQLITE, changed)
+        if readings:
+            await db.executemany(_READINGS_INSERT_SQLITE, readings)
+        return
     conn = await session.connection()
-    if changed:  # one executemany for every device of the batch
-        await conn.exec_driver_sql(_DEVICE_STATE_PG if pg else _DEVICE_STATE_SQLITE, changed)
+    if changed:
+        await conn.exec_driver_sql(_DEVICE_STATE_PG, changed)
     if readings:
-        await conn.exec_driver_sql(_READINGS_INSERT_PG if pg else _READINGS_INSERT_SQLITE, readings)
+        await conn.exec_driver_sql(_READINGS_INSERT_PG, readings)
 
 
 async def apply_status(session: AsyncSession, status: GatewayStatus, now: datetime) -> None:
@@ -395,23 +552,51 @@ async def audit(
 
 
 async def apply_result(session: AsyncSession, result: CommandResult, now: datetime) -> CommandRow | None:
-    """Move a command forward; a final state never changes. Returns the row if its status changed."""
-    cmd = await session.get(CommandRow, result.command_id, with_for_update=_dialect(session) != "sqlite")
-    if cmd is None or cmd.gateway_id != result.gateway_id:
-        return None
-    current = CommandStatus(cmd.status)
-    if current.final or rank(result.status) <= rank(current):
-        note = f"ignored: command already {current.value}"
-        await audit(session, cmd, result.status.value, f"{result.reason or ''} ({note})".strip(), result.at)
-        return None
-    cmd.status = result.status.value
-    cmd.updated_at = now
+    """Move a command forward; a final state never changes. Returns the row if its status changed.
+
+    One conditional ``UPDATE ... RETURNING`` and one audit insert, in Core: this is on every command's
+    round trip, and an ORM load, flush and audit object cost more than the statements themselves. The
+    condition (this gateway's command, in a status ranked below the result's) makes it atomic without
+    a row lock on PostgreSQL too: a concurrent writer's update is re-checked against it."""
+    commands = CommandRow.__table__
+    below = [s.value for s in CommandStatus if not s.final and rank(s) < rank(result.status)]
+    values: dict[str, Any] = {"status": result.status.value, "updated_at": now}
     if result.reason is not None:
-        cmd.result_reason = result.reason
+        values["result_reason"] = result.reason
     if result.state:
-        cmd.result_state = result.state
-    await audit(session, cmd, result.status.value, result.reason, result.at)
-    return cmd
+        values["result_state"] = result.state
+    mine = (commands.c.id == result.command_id) & (commands.c.gateway_id == result.gateway_id)
+    row = (
+        await session.execute(
+            update(commands).where(mine, commands.c.status.in_(below)).values(values).returning(*commands.c)
+        )
+    ).first()
+    if row is not None:
+        cmd = CommandRow(**row._mapping)
+        await _audit_core(session, cmd, result.status.value, result.reason, result.at)
+        return cmd
+    current = (await session.execute(select(*commands.c).where(mine))).first()
+    if current is not None:
+        note = f"ignored: command already {current.status}"
+        reason = f"{result.reason or ''} ({note})".strip()
+        await _audit_core(session, CommandRow(**current._mapping), result.status.value, reason, result.at)
+    return None
+
+
+async def _audit_core(
+    session: AsyncSession, cmd: CommandRow, status: str, reason: str | None, at: datetime
+) -> None:
+    await session.execute(
+        CommandAudit.__table__.insert().values(
+            command_id=cmd.id,
+            operator=cmd.issued_by,
+            device_id=cmd.device_id,
+            action=cmd.action,
+            status=status,
+            reason=reason,
+            at=at,
+        )
+    )
 
 
 async def advance_command(

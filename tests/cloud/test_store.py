@@ -13,8 +13,15 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from cloud import CloudSettings
 from cloud.db import make_engine, make_sessions, upgrade
-from cloud.store import apply_result, apply_status, expire_due, ingest_batch, mark_silent_gateways
-from cloud.tables import CommandRow, Device, EventRow, Gateway, Reading
+from cloud.store import (
+    apply_result,
+    apply_status,
+    expire_due,
+    ingest_batch,
+    mark_gateway_seen,
+    mark_silent_gateways,
+)
+from cloud.tables import CommandAudit, CommandRow, Device, EventRow, Gateway, Reading
 from protocol import CommandResult, CommandStatus, GatewayStatus, new_id
 from tests.cloud.conftest import PG_URL, pg_available
 from tests.cloud.support import DEVICES, GATEWAY, SITE, make_batch, make_event
@@ -107,6 +114,73 @@ async def test_command_status_only_moves_forward(sessions: async_sessionmaker[As
     async with sessions() as s:
         assert (await s.get(CommandRow, "c-ok")).status == "succeeded"  # type: ignore[union-attr]
         assert (await s.get(CommandRow, "c-old")).status == "expired"  # type: ignore[union-attr]
+
+
+async def test_result_from_another_gateway_changes_nothing_and_ignored_results_are_audited(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    now = datetime.now(UTC)
+    async with sessions() as s, s.begin():
+        await apply_status(
+            s, GatewayStatus(site_id=SITE, gateway_id=GATEWAY, online=True, at=now, devices=DEVICES), now
+        )
+        s.add(
+            CommandRow(
+                id="c-1", device_id="gate-1", gateway_id=GATEWAY, site_id=SITE, action="open", args={},
+                status="sent", issued_by="ops", issued_at=now, expires_at=now + timedelta(seconds=30),
+                updated_at=now,
+            )
+        )  # fmt: skip
+
+    def result(status: CommandStatus, gateway: str = GATEWAY) -> CommandResult:
+        return CommandResult(
+            command_id="c-1", gateway_id=gateway, device_id="gate-1", status=status, at=now,
+            reason="jammed" if status is CommandStatus.FAILED else None, state={"state": "fault"},
+        )  # fmt: skip
+
+    async with sessions() as s, s.begin():
+        assert await apply_result(s, result(CommandStatus.FAILED, gateway="gw-other"), now) is None
+        changed = await apply_result(s, result(CommandStatus.FAILED), now)
+        assert changed is not None and changed.status == "failed" and changed.result_reason == "jammed"
+        assert changed.result_state == {"state": "fault"} and changed.issued_by == "ops"
+        assert await apply_result(s, result(CommandStatus.SUCCEEDED), now) is None
+    async with sessions() as s:
+        row = await s.get(CommandRow, "c-1")
+        trail = (
+            await s.execute(select(CommandAudit.status, CommandAudit.reason).order_by(CommandAudit.id))
+        ).all()
+    assert row is not None and row.status == "failed" and row.result_state == {"state": "fault"}
+    # Nothing for the other gateway's claim; the late success is kept, marked as ignored.
+    assert [tuple(t) for t in trail] == [
+        ("failed", "jammed"),
+        ("succeeded", "(ignored: command already failed)"),
+    ]
+
+
+async def test_mark_gateway_seen_writes_only_when_due(sessions: async_sessionmaker[AsyncSession]) -> None:
+    then = datetime.now(UTC) - timedelta(minutes=10)
+    async with sessions() as s, s.begin():
+        await apply_status(
+            s, GatewayStatus(site_id=SITE, gateway_id=GATEWAY, online=True, at=then, devices=DEVICES), then
+        )
+    every = timedelta(seconds=5)
+    now = datetime.now(UTC)
+    async with sessions() as s, s.begin():
+        await mark_silent_gateways(s, now, after_s=180)
+    async with sessions() as s, s.begin():
+        await mark_gateway_seen(s, GATEWAY, now, every)  # offline: marked online at once
+    async with sessions() as s:
+        gw = await s.get(Gateway, GATEWAY)
+        assert gw is not None and gw.online is True
+        seen = gw.last_seen
+    async with sessions() as s, s.begin():
+        await mark_gateway_seen(s, GATEWAY, now + timedelta(seconds=1), every)  # online, fresh: no write
+    async with sessions() as s:
+        assert (await s.get(Gateway, GATEWAY)).last_seen == seen  # type: ignore[union-attr]
+    async with sessions() as s, s.begin():
+        await mark_gateway_seen(s, GATEWAY, now + timedelta(seconds=6), every)  # stale: bumped
+    async with sessions() as s:
+        assert (await s.get(Gateway, GATEWAY)).last_seen > seen  # type: ignore[union-attr,operator]
 
 
 async def test_silent_gateway_goes_offline_and_devices_unknown(

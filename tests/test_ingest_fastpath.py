@@ -1,0 +1,376 @@
+"""The backlog-drain fast paths give the same stored rows and work orders as the general ones.
+
+- ``RuleIndex.relevant`` (work orders' ingest listener) answers as ``RuleSet.relevant(event_fields(...))``
+  and asks no rule anything for an event type no rule names.
+- On SQLite, ``ingest_batch`` and ``touch_batch_gateway`` talk to aiosqlite directly: their rows must be
+  byte for byte what SQLAlchemy writes for the same values, and a redelivery (some events already
+  stored) must leave the same state as one batch.
+- Over a real broker, the running cloud still opens a work order for a reading above the limit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import insert
+from sqlalchemy.exc import SQLAlchemyError
+
+from cloud import store
+from cloud.state import merge_state, numeric_points, state_updates
+from cloud.tables import EventRow, Reading
+from cloud.workorders import rules as rules_mod
+from cloud.workorders.rules import RuleSet, event_fields, load_rules, parse_rules
+from cloud.workorders.settings import SHIPPED_CONFIG
+from protocol import Event, EventBatch, Location, new_id
+from protocol.models import event_severity
+from tests.cloud.support import (
+    FakeGateway,
+    cloud_settings,
+    embedded_broker,
+    eventually,
+    make_batch,
+    make_event,
+    running_cloud,
+)
+from tests.workorders.support import T0, Clock, Db, database, service
+
+SHIPPED = load_rules(SHIPPED_CONFIG / "rules.yaml")
+# Paths the fast index does not read inline (nested data, location, envelope fields) and conditions that
+# hold for a missing field (exists: false, ne, in with null), so both of its branches are compared.
+EXTRA = parse_rules(
+    {
+        "rules": [
+            {
+                "id": "nested",
+                "title": "t",
+                "on": ["meter.reading", "sensor.threshold_exceeded"],
+                "where": {"data.points.flow": {"gt": 1}, "location.area": "roof"},
+                "category": "c",
+                "team": "x",
+            },
+            {
+                "id": "absent",
+                "title": "t",
+                "on": ["meter.reading"],
+                "where": {"data.power_w": {"exists": False}, "device_id": {"ne": "meter-9"}},
+                "category": "c",
+                "team": "x",
+            },
+            {
+                "id": "listed",
+                "title": "t",
+                "on": ["door.closed"],
+                "where": {"data.reason": {"in": [None, "wind"]}, "site_id": "oak"},
+                "category": "c",
+                "team": "x",
+                "clear": {"on": ["door.opened"], "where": {"data": {"exists": True}}},
+            },
+            {"id": "gw-off", "title": "t", "kind": "offline", "target": "device", "after": "5m"}
+            | {"category": "c", "team": "x"},
+        ]
+    }
+)
+
+_TYPES = sorted(SHIPPED.event_types() | EXTRA.event_types() | {"meter.reading", "sensor.reading", "x.y"})
+_VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-50_000, 50_000),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.sampled_from(["pressure", "temperature", "wind", "Z3", "", "30001"]),
+)
+_DATA = st.dictionaries(
+    st.sampled_from(["power_w", "metric", "panel", "zone", "reason", "kwh"]),
+    _VALUES,
+    max_size=4,
+).flatmap(
+    lambda flat: st.one_of(
+        st.just(flat),
+        st.dictionaries(st.just("flow"), _VALUES, max_size=1).map(lambda p: {**flat, "points": p}),
+    )
+)
+_LOCATION = st.one_of(
+    st.none(),
+    st.builds(
+        Location,
+        building=st.sampled_from([None, "A", "C"]),
+        area=st.sampled_from([None, "roof", "pump room", "basement"]),
+    ),
+)
+
+
+@st.composite
+def _events(draw: st.DrawFn) -> Event:
+    return Event(
+        id=new_id(),
+        seq=1,
+        device_id=draw(st.sampled_from(["meter-1", "meter-9", "door-1"])),
+        type=draw(st.sampled_from(_TYPES)),
+        ts=T0,
+        received_at=T0,
+        location=draw(_LOCATION),
+        data=draw(_DATA),
+    )
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(event=_events(), site=st.sampled_from(["oak", "elm"]))
+def test_rule_index_answers_as_relevant(event: Event, site: str) -> None:
+    for ruleset in (SHIPPED, EXTRA):
+        expected = ruleset.relevant(event_fields(site, "gw-1", event))
+        assert ruleset.index().relevant(site, "gw-1", event) is expected
+
+
+def test_rule_index_covers_exactly_the_types_rules_act_on() -> None:
+    for ruleset in (SHIPPED, EXTRA, RuleSet()):
+        assert set(ruleset.index().by_type) == ruleset.event_types()
+
+
+async def test_event_type_without_a_rule_costs_no_rule_matching(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Readings no rule names go through the listener without a single condition test or field dict,
+    and open nothing; a reading the shipped rule does name still opens its work order."""
+    calls = {"test": 0, "fields": 0}
+    test, fields = rules_mod.Condition.test, rules_mod.event_fields
+
+    def counting_test(self: Any, value: Any) -> bool:
+        calls["test"] += 1
+        return test(self, value)
+
+    def counting_fields(*args: Any) -> dict[str, Any]:
+        calls["fields"] += 1
+        return fields(*args)
+
+    async with database("sqlite", tmp_path) as db:
+        svc = service(db, Clock())  # index built before counting: only the per-event work is counted
+        monkeypatch.setattr(rules_mod.Condition, "test", counting_test)
+        monkeypatch.setattr(rules_mod, "event_fields", counting_fields)
+        unnamed = [make_event("sensor-1", "sensor.reading", i, {"power_w": 99_999}, ts=T0) for i in (1, 2)]
+        await _ingest(db, svc, unnamed)
+        assert calls == {"test": 0, "fields": 0}
+        assert await svc.page() == type(await svc.page())(items=[], next_cursor=None)
+
+        await _ingest(db, svc, [make_event("meter-1", "meter.reading", 3, {"power_w": 45_000}, ts=T0)])
+        [wo] = (await svc.page()).items
+        assert (wo.rule_id, wo.device_id, wo.priority) == ("power-over-limit", "meter-1", "urgent")
+
+
+async def _ingest(db: Db, svc: Any, events: list[Event]) -> store.BatchOutcome:
+    batch = make_batch(events, site="oak-garden", gateway="gw-1")
+    async with db.sessions() as session, session.begin():
+        outcome = await store.ingest_batch(session, batch, svc.clock())
+    await svc.on_events(batch, outcome.new_events)
+    return outcome
+
+
+# ---- the SQLite store fast path ---------------------------------------------------------------------
+
+
+def _raw(db: Db, sql: str) -> list[tuple[Any, ...]]:
+    path = db.settings.database_url.split("///", 1)[1]
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        return conn.execute(sql).fetchall()
+
+
+@contextlib.asynccontextmanager
+async def _two_databases(tmp_path: Path) -> AsyncIterator[tuple[Db, Db]]:
+    async with database("sqlite", tmp_path) as a, database("sqlite", tmp_path) as b:
+        yield a, b
+
+
+def _mixed_events(t0: datetime) -> list[Event]:
+    where = Location(building="3", unit="2", apartment="1202")
+    return [
+        make_event(
+            "meter-1", "meter.reading", 1, {"kwh": 1000.5, "v": 229.8, "on": True}, ts=t0, location=where
+        ),
+        make_event(
+            "meter-1", "meter.reading", 2, {"values": {"flow_m3h": 0.25}}, ts=t0 + timedelta(seconds=1)
+        ),
+        make_event(
+            "gate-1", "gate.opened", 3, ts=t0 + timedelta(microseconds=7), location=Location(lane="in")
+        ),
+        make_event("gate-1", "gate.closed", 4, {"by": "auto"}, ts=t0.replace(microsecond=0)),
+        make_event("fire-1", "fire.alarm", 5, {"zone": 3, "名": "大堂"}, ts=t0 - timedelta(days=1)),
+        make_event("meter-2", "meter.reading", 6, {"kwh": 7}, ts=t0, location=where),
+    ]
+
+
+async def test_sqlite_rows_are_what_sqlalchemy_writes(tmp_path: Path) -> None:
+    """Events, readings, the site and the gateway as the fast path stores them, against the same values
+    written through SQLAlchemy's own types (the column text formats, JSON, booleans)."""
+    now = datetime(2026, 3, 1, 8, 0, 0, 123456, tzinfo=UTC)
+    batch = make_batch(_mixed_events(now - timedelta(minutes=5)), sent_at=now - timedelta(seconds=200))
+    async with _two_databases(tmp_path) as (fast, reference):
+        async with fast.sessions() as session, session.begin():
+            outcome = await store.ingest_batch(session, batch, now)
+        async with reference.sessions() as session, session.begin():
+            skew = (batch.sent_at - now).total_seconds()
+            await store.touch_gateway(
+                session, batch.site_id, batch.gateway_id, now, clock_skew_s=round(skew, 3), clock_skewed=True
+            )
+            await session.execute(insert(EventRow), [_event_row(batch, e, now) for e in batch.events])
+            ordered = sorted(batch.events, key=lambda e: (e.ts, e.seq))
+            readings = [
+                {"device_id": e.device_id, "point": p, "ts_ms": int(e.ts.timestamp() * 1000), "value": v}
+                for e in ordered
+                if e.type.startswith(("meter.reading", "sensor.reading"))
+                for p, v in numeric_points(e.data).items()
+            ]
+            await session.execute(insert(Reading), readings)
+        assert (outcome.stored, outcome.duplicates) == (6, 0)
+        assert [e.seq for e in outcome.new_events] == [e.seq for e in ordered]
+        for sql in (
+            "SELECT id, site_id, gateway_id, seq, device_id, type, severity, ts, received_at, stored_at"
+            " FROM events ORDER BY id",
+            "SELECT * FROM readings ORDER BY device_id, point, ts_ms",
+            "SELECT * FROM sites",
+            "SELECT * FROM gateways",
+        ):
+            assert _raw(fast, sql) == _raw(reference, sql), sql
+        # JSON columns hold the same values; the store writes compact JSON and NULL for no location, as
+        # it did before these fast paths (SQLAlchemy would write spaced JSON and 'null').
+        sql = "SELECT location, data FROM events ORDER BY id"
+        assert [_json_values(r) for r in _raw(fast, sql)] == [_json_values(r) for r in _raw(reference, sql)]
+        assert all(loc is None or " " not in loc for loc, _ in _raw(fast, sql))
+        # Device state: the fold of merge_state over the events in (ts, seq) order.
+        for device in {e.device_id for e in batch.events}:
+            expected: dict[str, Any] = {}
+            for e in ordered:
+                if e.device_id == device:
+                    expected = merge_state(expected, state_updates(e.type, e.data), e.ts)
+            [(state, updated_at)] = _raw(fast, f"SELECT state, updated_at FROM devices WHERE id = '{device}'")
+            assert (json.loads(state), updated_at) == (expected, "2026-03-01 08:00:00.123456")
+
+
+def _json_values(row: tuple[Any, ...]) -> list[Any]:
+    return [None if v is None else json.loads(v) for v in row]
+
+
+def _event_row(batch: EventBatch, e: Event, now: datetime) -> dict[str, Any]:
+    return {
+        "id": e.id,
+        "site_id": batch.site_id,
+        "gateway_id": batch.gateway_id,
+        "seq": e.seq,
+        "device_id": e.device_id,
+        "type": e.type,
+        "severity": event_severity(e.type).value,
+        "ts": e.ts,
+        "received_at": e.received_at,
+        "stored_at": now,
+        "location": e.location.model_dump(exclude_none=True) if e.location else None,
+        "data": e.data,
+    }
+
+
+async def test_touch_batch_gateway_writes_what_touch_gateway_writes(tmp_path: Path) -> None:
+    first, later = datetime(2026, 3, 1, 8, 0, tzinfo=UTC), datetime(2026, 3, 1, 9, 0, 0, 5, tzinfo=UTC)
+    async with _two_databases(tmp_path) as (fast, reference):
+        for now, sent in (
+            (first, first - timedelta(seconds=500)),
+            (later, later + timedelta(seconds=1.2345)),
+        ):
+            batch = make_batch([make_event("gate-1", "gate.opened", 1)], sent_at=sent)
+            skew = (sent - now).total_seconds()
+            async with fast.sessions() as session, session.begin():
+                await store.touch_batch_gateway(session, batch, now)
+            async with reference.sessions() as session, session.begin():
+                await store.touch_gateway(
+                    session,
+                    batch.site_id,
+                    batch.gateway_id,
+                    now,
+                    clock_skew_s=round(skew, 3),
+                    clock_skewed=abs(skew) > 120,
+                )
+            for sql in ("SELECT * FROM sites", "SELECT * FROM gateways"):
+                assert _raw(fast, sql) == _raw(reference, sql), sql
+
+
+async def test_redelivery_with_some_events_stored_ends_as_one_batch_would(tmp_path: Path) -> None:
+    """The path for a batch some of whose events are stored already (computed from the new ones only)
+    against the path where every event is new."""
+    now = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
+    events = _mixed_events(now - timedelta(minutes=5))
+    async with _two_databases(tmp_path) as (split, whole):
+        async with split.sessions() as session, session.begin():
+            await store.ingest_batch(session, make_batch(events[:4]), now)
+        async with split.sessions() as session, session.begin():
+            again = await store.ingest_batch(session, make_batch(events[2:]), now)
+        async with whole.sessions() as session, session.begin():
+            await store.ingest_batch(session, make_batch(events), now)
+        assert (again.stored, again.duplicates) == (2, 2)
+        assert [e.seq for e in again.new_events] == [5, 6]  # (ts, seq) order: seq 5 is a day older
+        for sql in (
+            "SELECT id, site_id, gateway_id, seq, device_id, type, severity, ts, received_at, location, data"
+            " FROM events ORDER BY id",
+            "SELECT * FROM readings ORDER BY device_id, point, ts_ms",
+            "SELECT id, state FROM devices ORDER BY id",
+        ):
+            assert _raw(split, sql) == _raw(whole, sql), sql
+
+
+async def test_ingest_prepared_ahead_stores_the_same(tmp_path: Path) -> None:
+    now = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
+    batch = make_batch(_mixed_events(now))
+    async with _two_databases(tmp_path) as (ahead, inline):
+        async with ahead.sessions() as session, session.begin():
+            a = await store.ingest_batch(session, batch, now, prepared=store.prepare_batch(batch))
+        async with inline.sessions() as session, session.begin():
+            b = await store.ingest_batch(session, batch, now)
+        assert (a.stored, [e.id for e in a.new_events]) == (b.stored, [e.id for e in b.new_events])
+        for sql in ("SELECT * FROM events ORDER BY id", "SELECT * FROM readings", "SELECT * FROM devices"):
+            assert _raw(ahead, sql) == _raw(inline, sql), sql
+
+
+async def test_driver_errors_are_sqlalchemy_errors(tmp_path: Path) -> None:
+    """Ingest counts SQLAlchemy errors as store errors (not acknowledged, resent); the driver's own
+    errors must still arrive as those."""
+    async with database("sqlite", tmp_path) as db, db.sessions() as session, session.begin():
+        await session.connection()
+        await (await (await session.connection()).get_raw_connection()).driver_connection.execute(
+            "DROP TABLE readings"
+        )
+        with pytest.raises(SQLAlchemyError, match="no such table: readings"):
+            await store.ingest_batch(session, make_batch(_mixed_events(T0)), T0)
+
+
+# ---- the running cloud over a real broker -------------------------------------------------------------
+
+
+async def test_running_cloud_opens_work_order_for_reading_above_limit(tmp_path: Path) -> None:
+    async with embedded_broker() as port:
+        settings = cloud_settings(port, f"sqlite+aiosqlite:///{tmp_path / 'cloud.db'}")
+        async with running_cloud(settings) as cloud, FakeGateway(port) as gw:
+            normal = [make_event(f"meter-{i}", "meter.reading", i, {"power_w": 900.0}) for i in range(1, 40)]
+            over = make_event("meter-7", "meter.reading", 40, {"power_w": 31_000, "kwh": 5})
+            other = make_event("sensor-1", "sensor.reading", 41, {"power_w": 99_999})
+            batch = make_batch([*normal, over, other])
+            await gw.send_batch(batch)
+            ack = await gw.next_ack()
+            assert (ack.batch_id, ack.stored, ack.duplicates) == (batch.batch_id, 41, 0)
+
+            async def opened() -> list[dict[str, Any]]:
+                items: list[dict[str, Any]] = (await cloud.http.get("/api/v1/work-orders")).json()["items"]
+                assert items
+                return items
+
+            [wo] = await eventually(opened)
+            assert (wo["rule_id"], wo["device_id"], wo["data"]["power_w"]) == (
+                "power-over-limit",
+                "meter-7",
+                31000,
+            )
+            readings = (await cloud.http.get("/api/v1/devices/meter-7")).json()["state"]["reading"]["value"]
+            assert readings == {"power_w": 31000, "kwh": 5}
