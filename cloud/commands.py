@@ -124,7 +124,7 @@ class CommandService:
                 f"command {cmd.id} not sent: the MQTT broker is unavailable ({exc})"
             ) from None
         self.metrics.commands[cmd.status] += 1
-        self.hub.publish("command", command_json(cmd))
+        self.hub.publish("command", command_json(cmd), row=cmd)
         bound.info("command.sent", issued_by=cmd.issued_by, expires_at=cmd.expires_at.isoformat())
         return cmd
 
@@ -133,7 +133,7 @@ class CommandService:
             row = await store.advance_command(session, command_id, status, reason, utcnow())
         if row is not None:
             self.metrics.commands[row.status] += 1
-            self.hub.publish("command", command_json(row))
+            self.hub.publish("command", command_json(row), row=row)
         return row
 
     async def get(self, command_id: str) -> CommandRow:
@@ -157,7 +157,7 @@ class CommandService:
         deadline = time.monotonic() + wait_s
         # Watch before the first read: a result ingested between a read and the wait would otherwise
         # be noticed only at the next periodic re-read.
-        with self.hub.watch(command_id) as changed:
+        with self.hub.watch(command_id) as watch:
             row = await self.get(command_id)
             if authorize is not None:
                 authorize(row)
@@ -169,9 +169,17 @@ class CommandService:
                 # Another cloud instance may have ingested the result: re-read at least every 0.5 s.
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(min(remaining, 0.5)):
-                        await changed.wait()
-                changed.clear()  # before the read, so a change published during it sets it again
-                row = await self.get(command_id)
+                        await watch.changed.wait()
+                watch.changed.clear()  # before the read, so a change published during it sets it again
+                # A change committed here comes with its row: no read back from the store (on the
+                # command round trip, twice per command). Status only moves forward, so the newer wins.
+                published, watch.row = watch.row, None
+                if published is not None and store.rank(CommandStatus(published.status)) > store.rank(
+                    CommandStatus(row.status)
+                ):
+                    row = published
+                else:
+                    row = await self.get(command_id)
         return row
 
     async def audit_trail(self, command_id: str) -> list[CommandAudit]:
@@ -189,7 +197,7 @@ class CommandService:
         for row in expired:
             self.metrics.commands[row.status] += 1
             log.info("command.expired", command=row.id, device=row.device_id, gateway=row.gateway_id)
-            self.hub.publish("command", command_json(row))
+            self.hub.publish("command", command_json(row), row=row)
         for gateway_id in silent:
             log.warning("gateway.silent_marked_offline", gateway=gateway_id)
             self.hub.publish("gateway", {"id": gateway_id, "online": False})

@@ -15,6 +15,15 @@ from typing import Any
 
 
 @dataclass(slots=True, eq=False)
+class CommandWatch:
+    """What a long-poll waits on: ``changed`` is set on every change to its command published here;
+    ``row`` is the latest committed row that came with one (None if the publisher gave none)."""
+
+    changed: asyncio.Event
+    row: Any = None
+
+
+@dataclass(slots=True, eq=False)
 class Subscriber:
     queue: asyncio.Queue[dict[str, Any]]
     dropped: int = 0
@@ -24,9 +33,11 @@ class Hub:
     def __init__(self, queue_size: int = 1000) -> None:
         self.queue_size = queue_size
         self._subscribers: set[Subscriber] = set()
-        self._command_waiters: dict[str, set[asyncio.Event]] = {}
+        self._command_waiters: dict[str, set[CommandWatch]] = {}
 
-    def publish(self, kind: str, data: dict[str, Any]) -> None:
+    def publish(self, kind: str, data: dict[str, Any], *, row: Any = None) -> None:
+        """``row``: for a command, its committed row, handed to long-polls so they need not read it
+        back from the store."""
         message = {"kind": kind, "data": data}
         for sub in list(self._subscribers):
             if sub.queue.full():
@@ -36,7 +47,9 @@ class Hub:
             sub.queue.put_nowait(message)
         if kind == "command":
             for waiter in self._command_waiters.get(data["id"], ()):
-                waiter.set()
+                if row is not None:
+                    waiter.row = row
+                waiter.changed.set()
 
     @property
     def has_subscribers(self) -> bool:
@@ -52,18 +65,18 @@ class Hub:
             self._subscribers.discard(sub)
 
     @contextlib.contextmanager
-    def watch(self, command_id: str) -> Iterator[asyncio.Event]:
-        """An event set on every change to ``command_id`` published here while the block runs.
+    def watch(self, command_id: str) -> Iterator[CommandWatch]:
+        """A watch whose event is set on every change to ``command_id`` published here while the block runs.
 
         Registered synchronously on entry, so a caller that enters, then reads the store, cannot miss a
         change committed and published after its read: the event is already set when it waits. Clear it
         *before* each re-read, never after (a change between the read and the clear would be lost)."""
-        changed = asyncio.Event()
+        watch = CommandWatch(asyncio.Event())
         waiters = self._command_waiters.setdefault(command_id, set())
-        waiters.add(changed)
+        waiters.add(watch)
         try:
-            yield changed
+            yield watch
         finally:
-            waiters.discard(changed)
+            waiters.discard(watch)
             if not waiters and self._command_waiters.get(command_id) is waiters:
                 del self._command_waiters[command_id]

@@ -384,7 +384,7 @@ class Ingest:
         )
         if changed is not None:
             self.metrics.commands[changed.status] += 1
-            self.hub.publish("command", command_json(changed))
+            self.hub.publish("command", command_json(changed), row=changed)
 
     async def _status(self, topics: Topics, payload: bytes) -> None:
         if not payload:

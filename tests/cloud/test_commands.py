@@ -277,6 +277,41 @@ async def test_long_poll_returns_on_each_change_and_times_out(tmp_path: Path) ->
         assert 0.25 < time.monotonic() - started < 1.0
 
 
+async def test_long_poll_takes_the_row_published_with_a_change_and_reads_the_store_otherwise(
+    tmp_path: Path,
+) -> None:
+    async with command_service(tmp_path) as (service, hub, command_id):
+        reads: list[str] = []
+        read = service.get
+
+        async def counted(cid: str) -> CommandRow:
+            reads.append(cid)
+            return await read(cid)
+
+        service.get = counted  # type: ignore[method-assign]
+        waiting = asyncio.create_task(service.wait(command_id, 5))
+        await asyncio.sleep(0.05)
+        result = CommandResult(
+            command_id=command_id, gateway_id=GATEWAY, device_id="gate-1", status=CommandStatus.ACCEPTED,
+            at=datetime.now(UTC),
+        )  # fmt: skip
+        async with service.sessions() as session, session.begin():
+            changed = await apply_result(session, result, datetime.now(UTC))
+        assert changed is not None
+        hub.publish("command", command_json(changed), row=changed)
+        assert (await asyncio.wait_for(waiting, 1)).status == "accepted"
+        assert len(reads) == 1  # the first read only: the change came with its row
+
+        # A published row not ahead of what the waiter has (an older status) is not taken: it reads.
+        reads.clear()
+        waiting = asyncio.create_task(service.wait(command_id, 0.3, seen="accepted"))
+        await asyncio.sleep(0.05)
+        changed.status = "sent"
+        hub.publish("command", command_json(changed), row=changed)
+        assert (await asyncio.wait_for(waiting, 2)).status == "accepted"
+        assert len(reads) >= 2  # the first read, then the store again instead of the stale row
+
+
 async def test_reads_do_not_wait_for_a_writer_and_cannot_write(tmp_path: Path) -> None:
     async with command_service(tmp_path) as (service, _hub, command_id):
         async with service.sessions() as writer, writer.begin():
