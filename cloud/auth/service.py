@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import time
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -35,6 +36,11 @@ log = structlog.get_logger("steward.cloud.auth")
 TokenKind = Literal["session", "api"]
 _PREFIX: dict[str, str] = {"session": "stw_s_", "api": "stw_a_"}
 _TOUCH_EVERY = timedelta(seconds=60)  # how stale an API token's last_used_at may get
+# How long one instance trusts a token it has just checked. A console's long-polls and a command's
+# POST and GETs come in bursts of the same token; this bounds how late another instance (or
+# `steward cloud user`) revoking it takes effect here. This instance's own revocations clear it at once.
+_CACHE_S = 1.0
+_CACHE_MAX = 10_000
 
 
 def normalize_username(username: str) -> str:
@@ -89,6 +95,9 @@ class AuthService:
         # Every request authenticates: on SQLite a write session would queue each one behind ingest's
         # write lock. Lookups read; only a due last_used_at touch writes.
         self.read_sessions = make_read_sessions(sessions)
+        # token hash -> (principal, token expiry, monotonic time it was checked)
+        self._checked: dict[str, tuple[Principal, datetime | None, float]] = {}
+        self._generation = 0
         self.clock = clock  # tests replace it to move time
         self.throttle = LoginThrottle(
             max_per_user=settings.login_max_failures,
@@ -181,12 +190,20 @@ class AuthService:
         if not token or not token.startswith(tuple(_PREFIX.values())) or len(token) > 200:
             return None
         now = self.clock()
+        token_hash = hash_token(token)
+        hit = self._checked.get(token_hash)
+        if hit is not None:
+            principal, expires_at, checked = hit
+            if time.monotonic() - checked < _CACHE_S and (expires_at is None or expires_at > now):
+                return principal
+            del self._checked[token_hash]
+        generation = self._generation
         async with self.read_sessions() as session:
             found = (
                 await session.execute(
                     select(TokenRow, UserRow)
                     .join(UserRow, UserRow.id == TokenRow.user_id)
-                    .where(TokenRow.token_hash == hash_token(token))
+                    .where(TokenRow.token_hash == token_hash)
                 )
             ).first()
         if found is None:
@@ -199,7 +216,7 @@ class AuthService:
         if row.kind == "api" and (row.last_used_at is None or now - row.last_used_at > _TOUCH_EVERY):
             async with self.sessions() as session, session.begin():
                 await session.execute(update(TokenRow).where(TokenRow.id == row.id).values(last_used_at=now))
-        return Principal(
+        principal = Principal(
             user_id=user.id,
             username=user.username,
             role=Role(user.role),
@@ -207,14 +224,27 @@ class AuthService:
             token_id=row.id,
             via="api" if row.kind == "api" else "session",
         )
+        if generation == self._generation:
+            if len(self._checked) >= _CACHE_MAX:
+                self._checked.clear()
+            self._checked[token_hash] = (principal, row.expires_at, time.monotonic())
+        return principal
+
+    def _forget_checked(self) -> None:
+        """Around a change to tokens or users (before it and after its commit): nothing checked
+        before may be trusted, nor cached by a check that was reading while it committed."""
+        self._checked.clear()
+        self._generation += 1
 
     async def revoke_current(self, principal: Principal) -> None:
+        self._forget_checked()
         async with self.sessions() as session, session.begin():
             await session.execute(
                 update(TokenRow)
                 .where(TokenRow.id == principal.token_id, TokenRow.revoked_at.is_(None))
                 .values(revoked_at=self.clock())
             )
+        self._forget_checked()
 
     async def create_api_token(
         self, principal: Principal, name: str, expires_in_days: float | None
@@ -248,12 +278,14 @@ class AuthService:
             return [(t, u) for t, u in (await session.execute(query)).all()]
 
     async def revoke_api_token(self, principal: Principal, token_id: str, *, any_user: bool) -> TokenRow:
+        self._forget_checked()
         async with self.sessions() as session, session.begin():
             row = await session.get(TokenRow, token_id)
             if row is None or row.kind != "api" or (row.user_id != principal.user_id and not any_user):
                 raise NotFound(f"no API token {token_id!r}")  # another user's token: not even its existence
             if row.revoked_at is None:
                 row.revoked_at = self.clock()
+        self._forget_checked()
         await self.audit("token_revoked", username=principal.username, detail=token_id)
         return row
 
@@ -275,6 +307,7 @@ class AuthService:
     async def update_user(self, by: Principal, username: str, changes: dict[str, Any]) -> UserRow:
         """Change role, sites, password or disabled; a password change or disabling ends the user's
         login sessions (API tokens stop working while disabled)."""
+        self._forget_checked()
         name = normalize_username(username)
         now = self.clock()
         async with self.sessions() as session, session.begin():
@@ -302,6 +335,7 @@ class AuthService:
                     .values(revoked_at=now)
                 )
             row.updated_at = now
+        self._forget_checked()
         shown = {k: v for k, v in changes.items() if k != "password" and v is not None}
         if changes.get("password"):
             shown["password"] = "changed"

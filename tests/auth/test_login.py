@@ -254,3 +254,24 @@ async def test_admin_manages_users(broker_port: int, sqlite_url: str) -> None:
         assert me.status_code == 409  # no locking yourself out
         names = [u["username"] for u in (await c.http.get("/api/v1/auth/users", headers=admin)).json()]
         assert names == ["ian", "root"]
+
+
+async def test_revocation_elsewhere_takes_effect_here_within_a_second(
+    broker_port: int, sqlite_url: str
+) -> None:
+    """One instance trusts a token it has just checked for up to a second (a command's POST and
+    long-polls come in bursts); a revocation by another instance or the CLI, straight in the store,
+    is refused here once that second is over. Revocations through this instance apply at once (above)."""
+    import asyncio
+
+    from sqlalchemy import update
+
+    from cloud.auth.tables import TokenRow
+
+    async with served(cloud_settings(broker_port, sqlite_url)) as c:
+        headers = await c.user("olga", Role.OPERATOR, ["estate-a"])
+        assert (await c.http.get("/api/v1/auth/me", headers=headers)).status_code == 200
+        async with c.auth.sessions() as session, session.begin():
+            await session.execute(update(TokenRow).values(revoked_at=c.auth.clock()))
+        await asyncio.sleep(1.1)
+        assert (await c.http.get("/api/v1/auth/me", headers=headers)).status_code == 401
