@@ -102,7 +102,8 @@ async def _mosquitto(layout: str) -> AsyncIterator[int]:
     with tempfile.TemporaryDirectory() as tmp:
         conf = Path(tmp) / "mosquitto.conf"
         conf.write_text(
-            f"listener {port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\npersistence false\n"
+            f"listener {port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\n"
+            "persistence false\nlog_dest none\n"
         )
         with _child(["mosquitto", "-c", str(conf)]) as proc:
             await _until_reachable(port, proc, "mosquitto")
