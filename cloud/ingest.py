@@ -83,10 +83,12 @@ class _Parsed:
 
 @dataclass(slots=True)
 class _Other:
-    """A results/status/extension message: handled whole, in order, by the store stage."""
+    """A results/status/extension message: handled whole, in order, by the store stage (results: by
+    the results stage)."""
 
     message: Message
     started: float
+    kind: str = ""
 
 
 KindHandler = Callable[[Topics, bytes], Awaitable[None]]
@@ -145,15 +147,28 @@ class Ingest:
             gc.freeze()
         self.ready.set()
         queue: asyncio.Queue[_Parsed | _Other] = asyncio.Queue(maxsize=PARSE_AHEAD)
+        results: asyncio.Queue[_Other] = asyncio.Queue(maxsize=PARSE_AHEAD)
         async with asyncio.TaskGroup() as tg:
-            tg.create_task(self._parse_stage(queue), name="cloud-ingest-parse")
+            tg.create_task(self._parse_stage(queue, results), name="cloud-ingest-parse")
+            tg.create_task(self._results_stage(results), name="cloud-ingest-results")
             await self._store_stage(queue)
 
-    async def _parse_stage(self, queue: asyncio.Queue[_Parsed | _Other]) -> None:
+    async def _parse_stage(
+        self, queue: asyncio.Queue[_Parsed | _Other], results: asyncio.Queue[_Other]
+    ) -> None:
         async for message in self.mqtt.messages():
             item = self._classify(message, time.perf_counter())
-            if item is not None:
-                await queue.put(item)
+            if item is None:
+                continue
+            # An operator waits on every command result; after an outage the event queue can hold a
+            # backlog's worth of batches (PARSE_AHEAD groups of up to thousands of events). Results
+            # keep their own order in their own lane and need no order against events.
+            await (results if isinstance(item, _Other) and item.kind == "results" else queue).put(item)
+
+    async def _results_stage(self, results: asyncio.Queue[_Other]) -> None:
+        while True:
+            item = await results.get()
+            await self.handle(item.message, item.started)
 
     def _classify(self, message: Message, started: float) -> _Parsed | _Other | None:
         """Check topic and size, and parse an event batch; None when rejected (counted, logged)."""
@@ -167,7 +182,7 @@ class Ingest:
             if direction != "up":
                 return None
             if kind != "events":
-                return _Other(message, started)
+                return _Other(message, started, kind)
             if len(message.payload) > self.settings.max_payload_bytes:
                 raise Rejected(
                     "too_large", f"{len(message.payload)} bytes > limit {self.settings.max_payload_bytes}"

@@ -103,6 +103,38 @@ async def _audit_len(cloud: RunningCloud, command_id: str, n: int) -> list[dict[
     return rows if len(rows) >= n else None
 
 
+async def test_a_result_does_not_wait_behind_a_backlog_of_event_batches(
+    broker_port: int, sqlite_url: str
+) -> None:
+    """After an outage a gateway drains thousands of events while operators open gates: the command's
+    result takes its own lane in ingest instead of queueing behind the batches received before it."""
+    from tests.cloud.support import make_batch, make_event
+
+    async with cloud_with_gateway(broker_port, sqlite_url) as (cloud, gw):
+        cmd = (await cloud.http.post("/api/v1/devices/gate-1/commands", json={"action": "open"})).json()
+        wire = await gw.next_command()
+        batches, per_batch = 30, 500
+        for b in range(batches):
+            events = [
+                make_event("meter-1", "meter.reading", b * per_batch + i + 1, {"energy_kwh": float(i)})
+                for i in range(per_batch)
+            ]
+            await gw.send_batch(make_batch(events))
+        await gw.answer(wire, CommandStatus.SUCCEEDED, gate="open")
+        done = (await cloud.http.get(f"/api/v1/commands/{cmd['id']}", params={"wait": 10})).json()
+        assert done["status"] == "succeeded"
+        assert await stored_events(cloud) < batches * per_batch, "the result waited for the whole backlog"
+        for _ in range(batches):
+            await gw.next_ack(timeout=30)  # and the backlog is still stored, all of it
+        assert await stored_events(cloud) == batches * per_batch
+
+
+async def stored_events(cloud: RunningCloud) -> int:
+    metrics = (await cloud.http.get("/metrics")).text
+    line = next(x for x in metrics.splitlines() if x.startswith("steward_cloud_events_stored_total "))
+    return int(float(line.split()[1]))
+
+
 async def test_failed_action_carries_the_reason(broker_port: int, sqlite_url: str) -> None:
     async with cloud_with_gateway(broker_port, sqlite_url) as (cloud, gw):
         cmd = (
