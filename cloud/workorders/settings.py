@@ -1,5 +1,6 @@
-"""Work order settings. Read from :class:`cloud.settings.CloudSettings` when it has the fields (the lead
-adds them), else from ``STEWARD_CLOUD_<FIELD>`` environment variables, e.g. ``STEWARD_CLOUD_RULES_FILE``."""
+"""Work order settings. Each field is taken from :class:`cloud.settings.CloudSettings` when that has it
+set, else from the ``STEWARD_CLOUD_<FIELD>`` environment variable, e.g. ``STEWARD_CLOUD_RULES_FILE``:
+the feature keeps its settings to itself, and the core settings need not know them."""
 
 from __future__ import annotations
 
