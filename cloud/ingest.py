@@ -42,6 +42,7 @@ log = structlog.get_logger("steward.cloud.ingest")
 GROUP_MAX_BATCHES = 16  # event batches committed in one transaction when they queue up
 GROUP_MAX_EVENTS = 8000
 PARSE_AHEAD = 32  # parsed messages waiting for the store stage
+RESULTS_LANE = "/up/results"  # topic suffix of command results, read apart from events
 # A command result proves its gateway alive; saying so in the store at most this often is plenty for
 # offline detection (minutes) and keeps the write off most results.
 RESULT_SEEN_EVERY_S = 5.0
@@ -83,12 +84,10 @@ class _Parsed:
 
 @dataclass(slots=True)
 class _Other:
-    """A results/status/extension message: handled whole, in order, by the store stage (results: by
-    the results stage)."""
+    """A status/extension message: handled whole, in order, by the store stage."""
 
     message: Message
     started: float
-    kind: str = ""
 
 
 KindHandler = Callable[[Topics, bytes], Awaitable[None]]
@@ -123,6 +122,7 @@ class Ingest:
     async def run(self) -> None:
         """Connect (retrying while the broker is away), subscribe, then handle messages until cancelled."""
         delay = 0.5
+        self.mqtt.add_lane(RESULTS_LANE)
         while True:
             try:
                 if not self.mqtt.is_connected:
@@ -147,28 +147,24 @@ class Ingest:
             gc.freeze()
         self.ready.set()
         queue: asyncio.Queue[_Parsed | _Other] = asyncio.Queue(maxsize=PARSE_AHEAD)
-        results: asyncio.Queue[_Other] = asyncio.Queue(maxsize=PARSE_AHEAD)
         async with asyncio.TaskGroup() as tg:
-            tg.create_task(self._parse_stage(queue, results), name="cloud-ingest-parse")
-            tg.create_task(self._results_stage(results), name="cloud-ingest-results")
+            tg.create_task(self._parse_stage(queue), name="cloud-ingest-parse")
+            tg.create_task(self._results_stage(), name="cloud-ingest-results")
             await self._store_stage(queue)
 
-    async def _parse_stage(
-        self, queue: asyncio.Queue[_Parsed | _Other], results: asyncio.Queue[_Other]
-    ) -> None:
+    async def _parse_stage(self, queue: asyncio.Queue[_Parsed | _Other]) -> None:
         async for message in self.mqtt.messages():
             item = self._classify(message, time.perf_counter())
-            if item is None:
-                continue
-            # An operator waits on every command result; after an outage the event queue can hold a
-            # backlog's worth of batches (PARSE_AHEAD groups of up to thousands of events). Results
-            # keep their own order in their own lane and need no order against events.
-            await (results if isinstance(item, _Other) and item.kind == "results" else queue).put(item)
+            if item is not None:
+                await queue.put(item)
 
-    async def _results_stage(self, results: asyncio.Queue[_Other]) -> None:
-        while True:
-            item = await results.get()
-            await self.handle(item.message, item.started)
+    async def _results_stage(self) -> None:
+        # An operator waits on every command result, while after an outage the event pipeline can be
+        # full of a backlog's batches (this stage would wait behind them, and the parse stage blocks on
+        # a full queue). Results have their own lane from the MQTT client on: in order among
+        # themselves, and they need no order against events.
+        async for message in self.mqtt.messages(RESULTS_LANE):
+            await self.handle(message, time.perf_counter())
 
     def _classify(self, message: Message, started: float) -> _Parsed | _Other | None:
         """Check topic and size, and parse an event batch; None when rejected (counted, logged)."""
@@ -182,7 +178,7 @@ class Ingest:
             if direction != "up":
                 return None
             if kind != "events":
-                return _Other(message, started, kind)
+                return _Other(message, started)
             if len(message.payload) > self.settings.max_payload_bytes:
                 raise Rejected(
                     "too_large", f"{len(message.payload)} bytes > limit {self.settings.max_payload_bytes}"

@@ -133,6 +133,7 @@ class MqttClient:
         self._state = _State()
         self._subscriptions: dict[str, int] = {}
         self._queue: asyncio.Queue[Message] = asyncio.Queue(maxsize=queue_size)
+        self._lanes: dict[str, asyncio.Queue[Message]] = {}
         self._connected = asyncio.Event()
         self._disconnected = asyncio.Event()
         self._disconnected.set()
@@ -265,9 +266,16 @@ class MqttClient:
         self._subscriptions.pop(topic_filter, None)
         self._client.unsubscribe(topic_filter)
 
-    async def messages(self) -> AsyncIterator[Message]:
+    def add_lane(self, topic_suffix: str, queue_size: int = 1000) -> None:
+        """Deliver messages whose topic ends with ``topic_suffix`` to a queue of their own, read with
+        ``messages(topic_suffix)``: a consumer busy with a flood of other messages (a backlog drain)
+        then cannot hold them up. Add lanes before subscribing."""
+        self._lanes.setdefault(topic_suffix, asyncio.Queue(maxsize=queue_size))
+
+    async def messages(self, lane: str | None = None) -> AsyncIterator[Message]:
+        queue = self._queue if lane is None else self._lanes[lane]
         while True:
-            yield await self._queue.get()
+            yield await queue.get()
 
     async def get_message(self, timeout: float | None = None) -> Message:
         return await asyncio.wait_for(self._queue.get(), timeout)
@@ -351,10 +359,15 @@ class MqttClient:
         self._call(self._enqueue, Message(msg.topic, bytes(msg.payload), msg.qos, bool(msg.retain)))
 
     def _enqueue(self, message: Message) -> None:
-        if self._queue.full():
+        queue = self._queue
+        for suffix, lane in self._lanes.items():
+            if message.topic.endswith(suffix):
+                queue = lane
+                break
+        if queue.full():
             with contextlib.suppress(asyncio.QueueEmpty):
-                self._queue.get_nowait()
+                queue.get_nowait()
             self.dropped += 1
             if self.dropped == 1 or self.dropped % 1000 == 0:
                 log.warning("mqtt.queue_full_dropped_oldest", client=self.client_id, dropped=self.dropped)
-        self._queue.put_nowait(message)
+        queue.put_nowait(message)

@@ -68,3 +68,27 @@ async def test_full_queue_drops_oldest_and_counts() -> None:
         got = [int((await sub.get_message(timeout=1)).payload) for _ in range(5)]
         assert got == [15, 16, 17, 18, 19]
         assert sub.dropped == 15
+
+
+async def test_a_lane_gets_its_topics_apart_from_a_full_main_queue() -> None:
+    """Command results must not wait behind (or be dropped with) a flood of event batches."""
+    async with (
+        EmbeddedBroker(port=0) as broker,
+        MqttClient("127.0.0.1", broker.port, client_id="lane-sub", queue_size=5) as sub,
+        MqttClient("127.0.0.1", broker.port, client_id="lane-pub") as pub,
+    ):
+        sub.add_lane("/up/results")
+        await sub.subscribe("site/#", qos=1)
+        for i in range(20):  # four times the main queue: its oldest are dropped
+            await pub.publish("site/gw/up/events", str(i).encode(), qos=1)
+        await pub.publish("site/gw/up/results", b"r1", qos=1)
+        await pub.publish("site/gw/up/results", b"r2", qos=1)
+        lane = sub.messages("/up/results")
+        got = [await asyncio.wait_for(anext(lane), 5) for _ in range(2)]
+        assert [(m.topic, m.payload) for m in got] == [
+            ("site/gw/up/results", b"r1"),
+            ("site/gw/up/results", b"r2"),
+        ]
+        events = [await sub.get_message(timeout=5) for _ in range(5)]
+        assert [m.payload for m in events] == [b"15", b"16", b"17", b"18", b"19"]
+        assert sub.dropped == 15
