@@ -535,20 +535,22 @@ async def apply_status(session: AsyncSession, status: GatewayStatus, now: dateti
         )
 
 
+def _audit_row(cmd: CommandRow, status: str, reason: str | None, at: datetime) -> dict[str, Any]:
+    return {
+        "command_id": cmd.id,
+        "operator": cmd.issued_by,
+        "device_id": cmd.device_id,
+        "action": cmd.action,
+        "status": status,
+        "reason": reason,
+        "at": at,
+    }
+
+
 async def audit(
     session: AsyncSession, cmd: CommandRow, status: str, reason: str | None, at: datetime
 ) -> None:
-    session.add(
-        CommandAudit(
-            command_id=cmd.id,
-            operator=cmd.issued_by,
-            device_id=cmd.device_id,
-            action=cmd.action,
-            status=status,
-            reason=reason,
-            at=at,
-        )
-    )
+    session.add(CommandAudit(**_audit_row(cmd, status, reason, at)))
 
 
 async def apply_result(session: AsyncSession, result: CommandResult, now: datetime) -> CommandRow | None:
@@ -586,17 +588,7 @@ async def apply_result(session: AsyncSession, result: CommandResult, now: dateti
 async def _audit_core(
     session: AsyncSession, cmd: CommandRow, status: str, reason: str | None, at: datetime
 ) -> None:
-    await session.execute(
-        CommandAudit.__table__.insert().values(
-            command_id=cmd.id,
-            operator=cmd.issued_by,
-            device_id=cmd.device_id,
-            action=cmd.action,
-            status=status,
-            reason=reason,
-            at=at,
-        )
-    )
+    await session.execute(CommandAudit.__table__.insert().values(_audit_row(cmd, status, reason, at)))
 
 
 async def advance_command(
