@@ -34,7 +34,7 @@ from cloud.metrics import Metrics
 from cloud.schemas import EventOut, command_json
 from cloud.settings import CloudSettings
 from protocol.models import BatchAck, CommandResult, Event, EventBatch, GatewayStatus, event_severity, utcnow
-from protocol.topics import PROTOCOL_SEGMENT, Topics
+from protocol.topics import PROTOCOL_SEGMENT, RESULTS_SUFFIX, Topics
 from steward.mqtt import Message, MqttClient, MqttError
 
 log = structlog.get_logger("steward.cloud.ingest")
@@ -42,11 +42,9 @@ log = structlog.get_logger("steward.cloud.ingest")
 GROUP_MAX_BATCHES = 16  # event batches committed in one transaction when they queue up
 GROUP_MAX_EVENTS = 8000
 PARSE_AHEAD = 32  # parsed messages waiting for the store stage
-RESULTS_LANE = "/up/results"  # topic suffix of command results, read apart from events
 # A command result proves its gateway alive; saying so in the store at most this often is plenty for
 # offline detection (minutes) and keeps the write off most results.
-RESULT_SEEN_EVERY_S = 5.0
-RESULT_SEEN_EVERY = timedelta(seconds=RESULT_SEEN_EVERY_S)
+RESULT_SEEN_EVERY = timedelta(seconds=5)
 _heap_frozen = False
 
 
@@ -113,7 +111,7 @@ class Ingest:
         self.listeners: list[EventListener] = []
         self.handlers: dict[str, KindHandler] = {}
         self._acks_in_flight: set[asyncio.Task[None]] = set()
-        # gateway id -> when (monotonic) a result last marked it seen here; an offline status forgets it
+        # gateway id -> when (monotonic) a result next marks it seen here; an offline status forgets it
         self._result_seen: dict[str, float] = {}
         self.log = log.bind(
             client=settings.client_id, broker=f"{settings.broker_host}:{settings.broker_port}"
@@ -122,7 +120,7 @@ class Ingest:
     async def run(self) -> None:
         """Connect (retrying while the broker is away), subscribe, then handle messages until cancelled."""
         delay = 0.5
-        self.mqtt.add_lane(RESULTS_LANE)
+        self.mqtt.add_lane(RESULTS_SUFFIX)
         while True:
             try:
                 if not self.mqtt.is_connected:
@@ -163,7 +161,7 @@ class Ingest:
         # full of a backlog's batches (this stage would wait behind them, and the parse stage blocks on
         # a full queue). Results have their own lane from the MQTT client on: in order among
         # themselves, and they need no order against events.
-        async for message in self.mqtt.messages(RESULTS_LANE):
+        async for message in self.mqtt.messages(RESULTS_SUFFIX):
             await self.handle(message, time.perf_counter())
 
     def _classify(self, message: Message, started: float) -> _Parsed | _Other | None:
@@ -385,13 +383,13 @@ class Ingest:
     async def _result(self, topics: Topics, payload: bytes) -> None:
         result: CommandResult = self._parse(CommandResult, payload, topics)
         now = utcnow()
-        due = time.monotonic() - self._result_seen.get(topics.gateway_id, -1e9) > RESULT_SEEN_EVERY_S
+        due = time.monotonic() >= self._result_seen.get(topics.gateway_id, 0.0)
         async with self.sessions() as session, session.begin():
             changed = await store.apply_result(session, result, now)
             if due:  # one statement less on most results: each costs a hand-off to SQLite's thread
                 await store.mark_gateway_seen(session, topics.gateway_id, now, RESULT_SEEN_EVERY)
         if due:
-            self._result_seen[topics.gateway_id] = time.monotonic()
+            self._result_seen[topics.gateway_id] = time.monotonic() + RESULT_SEEN_EVERY.total_seconds()
         self.metrics.results += 1
         self.log.info(
             "ingest.command_result",

@@ -18,6 +18,8 @@ import re
 from dataclasses import dataclass
 
 PROTOCOL_SEGMENT = "v1"
+# Also how a consumer recognises command results on a wildcard subscription (the cloud reads them apart).
+RESULTS_SUFFIX = "/up/results"
 _SEGMENT = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
@@ -46,7 +48,7 @@ class Topics:
 
     @property
     def results(self) -> str:
-        return f"{self.base}/up/results"
+        return self.base + RESULTS_SUFFIX
 
     @property
     def status(self) -> str:
