@@ -57,7 +57,7 @@ class BadCursor(CloudError):
     code = "bad_cursor"
 
 
-def get_access(services: ServicesDep) -> AccessService:
+async def get_access(services: ServicesDep) -> AccessService:
     access: AccessService = services.extras["access"]
     return access
 

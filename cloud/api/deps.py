@@ -28,7 +28,8 @@ class Services:
     extras: dict[str, Any] = field(default_factory=dict)
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
+    # async: FastAPI runs a plain ``def`` dependency on a worker thread, a hand-off per request.
     services: Services = request.app.state.services
     return services
 

@@ -37,7 +37,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def get_work_orders(services: ServicesDep) -> WorkOrderService:
+async def get_work_orders(services: ServicesDep) -> WorkOrderService:
     service: WorkOrderService = services.extras["workorders"]
     return service
 
