@@ -188,8 +188,14 @@ async def test_gateway_with_a_version_the_cloud_never_issued_is_reset_by_a_full_
         await e.gateway_at(card["version"], timeout=10)
         assert e.store.get("stray") is None
         assert e.store.get(card["id"]) is not None
-        gw = (await e.http.get(f"/api/v1/sites/{SITE}/credential-sync")).json()["gateways"][0]
-        assert gw["sent_full"] is True and gw["in_sync"] is True
+
+        # The gateway reports its version after applying the list; the cloud learns it a moment later.
+        async def cloud_view() -> dict[str, Any] | None:
+            gw = (await e.http.get(f"/api/v1/sites/{SITE}/credential-sync")).json()["gateways"][0]
+            return gw if gw["in_sync"] else None
+
+        gw = await until(cloud_view, 5, "the cloud to see the gateway in sync")
+        assert gw["sent_full"] is True
 
 
 async def test_visitor_pin_before_during_and_after_its_window(tmp_path: Path) -> None:
