@@ -1,8 +1,10 @@
 """Carries out commands from the cloud, refusing any that are not for us, too late, replayed or unsafe.
 
 Every command gets exactly one final result upstream (``succeeded``, ``failed``, ``rejected`` or
-``expired``), preceded by ``accepted`` when the gateway takes it on. Expiry is checked before acting,
-so a gate never opens minutes after the operator gave up.
+``expired``). A command the gateway takes on is also ``accepted``: as a message of its own when the
+action is still running after ``accepted_after_s``, otherwise as the final result's ``accepted_at`` (a
+gate that opens in milliseconds then costs one message and one cloud transaction, not two). Expiry is
+checked before acting, so a gate never opens minutes after the operator gave up.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ from protocol.actions import ActionNotAllowed, validate_action
 from protocol.models import utcnow
 
 MAX_COMMAND_BYTES = 64 * 1024
+# An action still running after this gets its own "accepted" message: an operator watching a gate
+# that takes seconds to travel sees it taken on at once, as a person perceives it.
+ACCEPTED_AFTER_S = 0.1
 
 PublishResult = Callable[[CommandResult], Awaitable[None]]
 ReplayGuard = Callable[[str, datetime], Awaitable[bool]]
@@ -58,6 +63,7 @@ class CommandHandler:
         local_actions: dict[str, LocalAction] | None = None,
         clock: Callable[[], datetime] = utcnow,
         action_timeout_s: float = 60.0,
+        accepted_after_s: float = ACCEPTED_AFTER_S,
     ) -> None:
         self.gateway_id = gateway_id
         self.drivers = drivers
@@ -68,6 +74,7 @@ class CommandHandler:
         self.local_actions = local_actions if local_actions is not None else {}
         self.clock = clock
         self.action_timeout_s = action_timeout_s
+        self.accepted_after_s = accepted_after_s
         self.stats = CommandStats()
 
     async def handle(self, payload: bytes) -> CommandResult | None:
@@ -99,11 +106,19 @@ class CommandHandler:
             return await self._result(cmd, CommandStatus.REJECTED, reason)
 
         driver = self.drivers[cmd.device_id]
-        # "accepted" goes out while the device acts rather than before: waiting for its PUBACK first
-        # only delayed the gate. It still reaches the cloud first (one client's QoS 1 messages keep
-        # their order, and it is awaited before the final result is published); its delivery never
-        # decided anything, since a failed publish is logged and the action went ahead regardless.
-        accepted = asyncio.create_task(self._result(cmd, CommandStatus.ACCEPTED, None), name="accepted")
+        accepted_at = self.clock()
+        announced = False
+
+        async def announce() -> None:
+            # A message of its own only for an action still running: it goes out while the device acts
+            # (its PUBACK never held the gate up), and before the final result (one client's QoS 1
+            # messages keep their order, and it is awaited before the final one is published).
+            nonlocal announced
+            await asyncio.sleep(self.accepted_after_s)
+            announced = True
+            await self._result(cmd, CommandStatus.ACCEPTED, None, at=accepted_at)
+
+        accepted = asyncio.create_task(announce(), name="accepted")
         bound.info("command.accepted")
         try:
             status, reason, state = await self._act(cmd, driver, bound)
@@ -111,9 +126,12 @@ class CommandHandler:
             accepted.cancel()  # shutting down: nothing more goes upstream for this command
             raise
         finally:
+            if not announced:
+                accepted.cancel()  # still waiting to announce: the final result carries accepted_at
             await asyncio.wait({accepted})  # never left running past this command
-        accepted.result()  # its error, if any, surfaces as when it was awaited before acting
-        return await self._result(cmd, status, reason, state)
+        if announced:
+            accepted.result()  # its error, if any, surfaces as when it was awaited before acting
+        return await self._result(cmd, status, reason, state, accepted_at=None if announced else accepted_at)
 
     async def _act(
         self, cmd: Command, driver: Driver, bound: Any
@@ -184,7 +202,14 @@ class CommandHandler:
         return result
 
     async def _result(
-        self, cmd: Command, status: CommandStatus, reason: str | None, state: dict[str, Any] | None = None
+        self,
+        cmd: Command,
+        status: CommandStatus,
+        reason: str | None,
+        state: dict[str, Any] | None = None,
+        *,
+        at: datetime | None = None,
+        accepted_at: datetime | None = None,
     ) -> CommandResult:
         result = CommandResult(
             command_id=cmd.id,
@@ -192,8 +217,9 @@ class CommandHandler:
             device_id=cmd.device_id,
             status=status,
             reason=reason,
-            at=self.clock(),
+            at=at or self.clock(),
             state=state or {},
+            accepted_at=accepted_at,
         )
         await self.publish_result(result)
         return result

@@ -199,6 +199,11 @@ class CommandResult(WireModel):
     reason: str | None = Field(default=None, max_length=500)
     at: AwareDatetime
     state: dict[str, Any] = Field(default_factory=dict, description="Device state after the action")
+    accepted_at: AwareDatetime | None = Field(
+        default=None,
+        description="On a final result only: when the gateway took the command on, if it sent no"
+        " separate 'accepted' (the action finished quickly); the cloud records the acceptance from it",
+    )
 
 
 class DeviceInfo(WireModel):

@@ -65,7 +65,7 @@ class Rig:
     handler: CommandHandler
     published: list[CommandResult] = field(default_factory=list)
 
-    def make_handler(self, public_key: str | None = PUB) -> CommandHandler:
+    def make_handler(self, public_key: str | None = PUB, accepted_after_s: float = 0.0) -> CommandHandler:
         async def publish(result: CommandResult) -> None:
             self.published.append(result)
 
@@ -76,6 +76,7 @@ class Rig:
             publish_result=publish,
             remember=self.buffer.remember_command,
             verify=make_verifier(public_key, site_id=SITE_ID),
+            accepted_after_s=accepted_after_s,
         )
 
     async def restart(self) -> None:
@@ -131,10 +132,24 @@ def signed(**changes: Any) -> bytes:
 
 
 async def test_properly_signed_command_opens_the_gate(rig: Rig) -> None:
+    # The gate travels for longer than the handler waits before announcing: "accepted" goes out alone.
     result = await rig.handler.handle(signed())
     assert result is not None and result.status is CommandStatus.SUCCEEDED, result
     assert [r.status for r in rig.published] == [CommandStatus.ACCEPTED, CommandStatus.SUCCEEDED]
+    assert rig.published[1].accepted_at is None
     assert rig.gate.commands == ["open"]
+    assert rig.gate.gate_state == "open"
+
+
+async def test_an_action_that_ends_before_it_is_announced_sends_one_result_with_its_acceptance(
+    rig: Rig,
+) -> None:
+    handler = rig.make_handler(accepted_after_s=10)
+    before = utcnow()
+    result = await handler.handle(signed())
+    assert result is not None and result.status is CommandStatus.SUCCEEDED, result
+    assert [r.status for r in rig.published] == [CommandStatus.SUCCEEDED]
+    assert result.accepted_at is not None and before <= result.accepted_at <= result.at
     assert rig.gate.gate_state == "open"
 
 
