@@ -5,8 +5,10 @@ Baseline, same run and broker: a raw paho QoS 1 publish-and-echo round trip.
 
     .venv/bin/python -m bench.bench_command_rtt [N] [--broker amqtt|mosquitto|both] [--layout ...]
 
-Each sample is one ``open`` (POST, then ``GET /commands/{id}?wait=5`` until final); an untimed ``close``
-between samples puts the gate back so every ``open`` really drives it. Runs on the embedded amqtt
+Each sample is one ``open``, asked for in one of two ways, alternating in the same run: one request,
+``POST /devices/{id}/commands?wait=5`` (answered when the command has finished; the goal's figure), and
+a POST answered at once followed by ``GET /commands/{id}?wait=5`` long-polls until final. An untimed
+``close`` between samples puts the gate back so every ``open`` really drives it. Runs on the embedded amqtt
 broker, and on a Mosquitto of its own (`set_tcp_nodelay true`, as deployed) when `mosquitto` is installed.
 
 ``--layout processes`` (default) runs them as deployed: the broker (amqtt: ``steward broker run``), the
@@ -123,8 +125,9 @@ async def _until_final(http: httpx.AsyncClient, cmd: dict[str, Any]) -> dict[str
     return cmd
 
 
-async def _command(http: httpx.AsyncClient, action: str) -> dict[str, Any]:
-    resp = await http.post(f"/devices/{GATE}/commands", json={"action": action})
+async def _command(http: httpx.AsyncClient, action: str, *, long_poll: bool = False) -> dict[str, Any]:
+    params = {} if long_poll else {"wait": 5}
+    resp = await http.post(f"/devices/{GATE}/commands", json={"action": action}, params=params)
     resp.raise_for_status()
     cmd = await _until_final(http, resp.json())
     if cmd["status"] != "succeeded":
@@ -242,11 +245,13 @@ async def _system(port: int, tmp: Path, layout: str) -> AsyncIterator[str]:
         yield f"http://127.0.0.1:{http_port}/api/v1"
 
 
-async def _command_rtt(port: int, n: int, tmp: Path, layout: str) -> list[float]:
+async def _command_rtt(port: int, n: int, tmp: Path, layout: str) -> tuple[list[float], list[float]]:
+    """Samples of ``open`` answered in one request (POST ?wait), and with long-polls."""
     from cloud import CloudSettings
     from cloud.auth import create_user
 
     samples: list[float] = []
+    polled: list[float] = []
     async with _system(port, tmp, layout) as base:
         settings = CloudSettings(database_url=f"sqlite+aiosqlite:///{tmp / 'cloud.db'}", run_migrations=False)
         async with httpx.AsyncClient(base_url=base, timeout=15) as http:
@@ -263,16 +268,17 @@ async def _command_rtt(port: int, n: int, tmp: Path, layout: str) -> list[float]
                 while (await http.get(f"/devices/{GATE}")).status_code != 200:  # noqa: ASYNC110
                     await asyncio.sleep(0.05)
             await _command(http, "close")
-            for i in range(n + 10):
+            for i in range(2 * (n + 10)):
+                long_poll = bool(i % 2)
                 t0 = time.perf_counter()
-                done = await _command(http, "open")
+                done = await _command(http, "open", long_poll=long_poll)
                 elapsed = time.perf_counter() - t0
                 if done["result_state"].get("state") != "open":
                     raise RuntimeError(f"gate not open after a succeeded open: {done['result_state']}")
-                if i >= 10:  # warm-up
-                    samples.append(elapsed)
+                if i >= 20:  # warm-up
+                    (polled if long_poll else samples).append(elapsed)
                 await _command(http, "close")  # untimed: the next open drives the gate again
-    return samples
+    return samples, polled
 
 
 async def _echo(client: MqttClient, reply: str) -> None:
@@ -314,11 +320,15 @@ async def _run(n: int, which: str, layout: str) -> None:
     for name, broker in brokers:
         with tempfile.TemporaryDirectory() as tmp:
             async with broker(layout) as port:
-                cmd = await _command_rtt(port, n, Path(tmp), layout)
+                cmd, polled = await _command_rtt(port, n, Path(tmp), layout)
                 raw = await _raw_rtt(port, n)
         c50, c99, r50, r99 = _pct(cmd, 0.5), _pct(cmd, 0.99), _pct(raw, 0.5), _pct(raw, 0.99)
         print(f"{name}, layout {layout}: n={n}")
-        print(f"  command HTTP->cloud->gateway->gate open   p50 {c50:7.2f} ms  p99 {c99:7.2f} ms")
+        print(f"  command HTTP->cloud->gateway->gate open   p50 {c50:7.2f} ms  p99 {c99:7.2f} ms  POST ?wait")
+        print(
+            f"  the same, POST then GET long-polls        p50 {_pct(polled, 0.5):7.2f} ms"
+            f"  p99 {_pct(polled, 0.99):7.2f} ms"
+        )
         print(f"  raw MQTT publish-and-echo                 p50 {r50:7.2f} ms  p99 {r99:7.2f} ms")
         mean_ratio = statistics.mean(cmd) / statistics.mean(raw)
         print(f"  ratio command/raw                         p50 {c50 / r50:7.1f}x   mean {mean_ratio:.1f}x")

@@ -13,14 +13,14 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import structlog
-from sqlalchemy import func, select
+from sqlalchemy import Connection, func, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from cloud import store
+from cloud import command_store, db, store
 from cloud.auth.keys import load_command_signing_key
 from cloud.db import make_read_sessions
 from cloud.errors import ActionNotAllowed, BrokerUnavailable, NotFound
@@ -28,7 +28,7 @@ from cloud.hub import Hub
 from cloud.metrics import Metrics
 from cloud.schemas import CommandRequest, command_json
 from cloud.settings import CloudSettings
-from cloud.tables import CommandAudit, CommandRow, Device, Gateway
+from cloud.tables import CommandAudit, CommandRow, Gateway
 from protocol import actions
 from protocol.ids import new_id
 from protocol.models import Command, CommandStatus, utcnow
@@ -72,35 +72,16 @@ class CommandService:
         collide on SQLite's write lock with ingest storing the gateway's result for the same command.
         "sent" therefore means "stored and being handed to the broker"; if the broker does not take it,
         the command moves on to ``failed`` (503)."""
-        now = utcnow()
-        async with self.sessions() as session, session.begin():
-            device = await session.get(Device, device_id)
-            if device is None:
-                raise NotFound(f"no device {device_id!r}")
-            if authorize is not None:
-                authorize(device.site_id)
-            try:
-                args = actions.validate_action(device.kind, request.action, request.args)
-            except actions.ActionNotAllowed as exc:
-                raise ActionNotAllowed(str(exc)) from None
-            expires_in = request.expires_in_s or self.settings.command_expiry_s
-            cmd = CommandRow(
-                id=new_id(),
-                device_id=device.id,
-                gateway_id=device.gateway_id,
-                site_id=device.site_id,
-                action=request.action,
-                args=args,
-                status=CommandStatus.SENT.value,
-                reason=request.reason or None,
-                issued_by=issued_by,
-                issued_at=now,
-                expires_at=now + timedelta(seconds=expires_in),
-                updated_at=now,
-            )
-            session.add(cmd)
-            await store.audit(session, cmd, CommandStatus.PENDING.value, request.reason or None, now)
-            await store.audit(session, cmd, CommandStatus.SENT.value, None, now)
+        cmd = await db.write(
+            self.sessions,
+            _store_new,
+            device_id,
+            request,
+            issued_by=issued_by,
+            authorize=authorize,
+            expires_in_s=request.expires_in_s or self.settings.command_expiry_s,
+            now=utcnow(),
+        )
         bound = log.bind(command=cmd.id, device=cmd.device_id, gateway=cmd.gateway_id, action=cmd.action)
         unsigned = Command(
             id=cmd.id,
@@ -129,16 +110,14 @@ class CommandService:
         return cmd
 
     async def _advance(self, command_id: str, status: CommandStatus, reason: str | None) -> CommandRow | None:
-        async with self.sessions() as session, session.begin():
-            row = await store.advance_command(session, command_id, status, reason, utcnow())
+        row = await db.write(self.sessions, command_store.advance, command_id, status, reason, utcnow())
         if row is not None:
             self.metrics.commands[row.status] += 1
             self.hub.publish("command", command_json(row), row=row)
         return row
 
     async def get(self, command_id: str) -> CommandRow:
-        async with self.read_sessions() as session:
-            row = await session.get(CommandRow, command_id)
+        row = await db.read(self.sessions, command_store.get, command_id)
         if row is None:
             raise NotFound(f"no command {command_id!r}")
         return row
@@ -150,19 +129,26 @@ class CommandService:
         seen: str | None = None,
         *,
         authorize: Callable[[CommandRow], None] | None = None,
+        until_final: bool = False,
+        row: CommandRow | None = None,
     ) -> CommandRow:
         """The command as soon as its status is final or differs from ``seen`` (default: its status
-        now), or as it is after ``wait_s`` seconds. ``authorize(row)`` runs on the first read and may
-        raise (then nothing is waited for)."""
+        now), or as it is after ``wait_s`` seconds. ``until_final``: only a final status ends the wait.
+        ``authorize(row)`` runs on the first read and may raise (then nothing is waited for). ``row``:
+        the command as the caller has it (issue() just stored it), instead of a first read."""
         deadline = time.monotonic() + wait_s
         # Watch before the first read: a result ingested between a read and the wait would otherwise
         # be noticed only at the next periodic re-read.
         with self.hub.watch(command_id) as watch:
-            row = await self.get(command_id)
+            if row is None:
+                row = await self.get(command_id)
+            latest = self.hub.latest_command(command_id)  # a change published before the watch began
+            if latest is not None and _ahead(latest, row):
+                row = latest
             if authorize is not None:
                 authorize(row)
             seen = seen or row.status
-            while not CommandStatus(row.status).final and row.status == seen:
+            while not CommandStatus(row.status).final and (until_final or row.status == seen):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
@@ -174,9 +160,7 @@ class CommandService:
                 # A change committed here comes with its row: no read back from the store (on the
                 # command round trip, twice per command). Status only moves forward, so the newer wins.
                 published, watch.row = watch.row, None
-                if published is not None and store.rank(CommandStatus(published.status)) > store.rank(
-                    CommandStatus(row.status)
-                ):
+                if published is not None and _ahead(published, row):
                     row = published
                 else:
                     row = await self.get(command_id)
@@ -190,10 +174,8 @@ class CommandService:
             return list(rows.scalars())
 
     async def sweep_once(self) -> None:
-        now = utcnow()
-        async with self.sessions() as session, session.begin():
-            expired = await store.expire_due(session, now)
-            silent = await store.mark_silent_gateways(session, now, self.settings.gateway_offline_after_s)
+        offline_after = self.settings.gateway_offline_after_s
+        expired, silent = await db.write(self.sessions, _sweep, utcnow(), offline_after)
         for row in expired:
             self.metrics.commands[row.status] += 1
             log.info("command.expired", command=row.id, device=row.device_id, gateway=row.gateway_id)
@@ -220,3 +202,52 @@ class CommandService:
                 select(func.count()).select_from(Gateway).where(Gateway.clock_skewed.is_(True))
             )
         return int(online or 0), int(skewed or 0)
+
+
+def _store_new(
+    conn: Connection,
+    device_id: str,
+    request: CommandRequest,
+    *,
+    issued_by: str,
+    authorize: Callable[[str], None] | None,
+    expires_in_s: float,
+    now: datetime,
+) -> CommandRow:
+    """:meth:`CommandService.issue`'s transaction: the device lookup, the permission check, and the
+    command stored as ``sent``, with its ``pending`` and ``sent`` audit rows."""
+    device = command_store.device(conn, device_id)
+    if device is None:
+        raise NotFound(f"no device {device_id!r}")
+    if authorize is not None:
+        authorize(device.site_id)
+    try:
+        args = actions.validate_action(device.kind, request.action, request.args)
+    except actions.ActionNotAllowed as exc:
+        raise ActionNotAllowed(str(exc)) from None
+    cmd = CommandRow(
+        id=new_id(),
+        device_id=device.id,
+        gateway_id=device.gateway_id,
+        site_id=device.site_id,
+        action=request.action,
+        args=args,
+        status=CommandStatus.SENT.value,
+        reason=request.reason or None,
+        result_reason=None,
+        result_state=None,
+        issued_by=issued_by,
+        issued_at=now,
+        expires_at=now + timedelta(seconds=expires_in_s),
+        updated_at=now,
+    )
+    command_store.insert(conn, cmd, request.reason or None)
+    return cmd
+
+
+def _ahead(a: CommandRow, b: CommandRow) -> bool:
+    return command_store.rank(CommandStatus(a.status)) > command_store.rank(CommandStatus(b.status))
+
+
+def _sweep(conn: Connection, now: datetime, offline_after_s: float) -> tuple[list[CommandRow], list[str]]:
+    return command_store.expire_due(conn, now), store.mark_silent_gateways(conn, now, offline_after_s)

@@ -13,20 +13,31 @@ On SQLite one instance's writers also queue on an ``asyncio.Lock`` (FIFO, taken 
 given back when the connection returns to the pool). Without it, writers that collide wait in SQLite's
 busy handler, which *sleeps* 1, 2, 5, 10, 15 ... ms between retries even when the lock was free again
 after 0.3 ms. ``busy_timeout`` still covers other processes on the same file.
+
+Short transactions on a command's round trip go through :func:`write` and :func:`read` instead: a plain
+function of a synchronous :class:`~sqlalchemy.Connection`, the same code on both databases. On a SQLite
+file the whole transaction runs on a thread of its own, one hand-off from the event loop; through the
+async session each statement (BEGIN, every query, COMMIT) was a hand-off to aiosqlite's thread and back,
+about 1 ms apiece on a busy loop. Elsewhere (PostgreSQL, an in-memory SQLite) it runs in the async
+connection's ``run_sync``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import sqlite3
 import threading
+import weakref
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import structlog
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, event
+from sqlalchemy import Connection, Dialect, Engine, create_engine, event
 from sqlalchemy.exc import InvalidRequestError, MissingGreenlet, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.util import await_only
@@ -42,6 +53,10 @@ _READ_PREFIXES = ("SELECT", "WITH", "BEGIN", "PRAGMA", "EXPLAIN")
 # The same as SQLite's busy_timeout: how long a writer waits for this instance's write lock.
 WRITE_LOCK_TIMEOUT_S = 30.0
 _HOLDS_WRITE_LOCK = "steward_holds_write_lock"
+# Readers that run a whole read transaction on a thread (see _SqliteThreads); long-polls and API reads.
+_READ_THREADS = 2
+T = TypeVar("T")
+P = ParamSpec("P")
 
 
 class ReadOnlySessionError(InvalidRequestError):
@@ -61,17 +76,12 @@ def make_engine(settings: CloudSettings) -> AsyncEngine:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         engine = create_async_engine(settings.database_url, connect_args={"timeout": 30})
 
-        @event.listens_for(engine.sync_engine, "connect")
-        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
-            # The driver issues no BEGIN of its own: _begin below chooses which one each transaction gets.
-            dbapi_conn.isolation_level = None
-            cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA synchronous=NORMAL")
-            cur.execute("PRAGMA busy_timeout=30000")
-            cur.close()
-
+        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         write_lock = _WriteLock()
+        if path and path != ":memory:":
+            threads = _SqliteThreads(engine.url.set(drivername="sqlite"), write_lock)
+            _THREADS[engine.sync_engine.dialect] = threads
+            event.listen(engine.sync_engine, "engine_disposed", lambda _engine: threads.dispose())
 
         @event.listens_for(engine.sync_engine, "begin")
         def _begin(conn: Any) -> None:
@@ -111,16 +121,128 @@ def make_engine(settings: CloudSettings) -> AsyncEngine:
         def _close_detached(dbapi_conn: Any) -> None:
             _rollback_before_close(dbapi_conn)
 
-    @event.listens_for(engine.sync_engine, "before_cursor_execute")
-    def _read_only_guard(
-        conn: Any, _cursor: Any, statement: str, _params: Any, _context: Any, _many: bool
-    ) -> None:
-        if conn.get_execution_options().get(READ_ONLY) and not statement.lstrip().upper().startswith(
-            _READ_PREFIXES
-        ):
-            raise ReadOnlySessionError(f"write in a read-only session: {statement[:80]!r}")
-
+    event.listen(engine.sync_engine, "before_cursor_execute", _read_only_guard)
     return engine
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    # The driver issues no BEGIN of its own: the "begin" listeners choose which one each transaction gets.
+    dbapi_conn.isolation_level = None
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.close()
+
+
+def _read_only_guard(
+    conn: Any, _cursor: Any, statement: str, _params: Any, _context: Any, _many: bool
+) -> None:
+    if conn.get_execution_options().get(READ_ONLY) and not statement.lstrip().upper().startswith(
+        _READ_PREFIXES
+    ):
+        raise ReadOnlySessionError(f"write in a read-only session: {statement[:80]!r}")
+
+
+# SQLite file engines' transaction threads, by the engine's dialect: the one object that the engine, the
+# engines execution_options() derives from it and the engine after dispose() all share.
+_THREADS: weakref.WeakKeyDictionary[Dialect, _SqliteThreads] = weakref.WeakKeyDictionary()
+
+
+class _SqliteThreads:
+    """Whole transactions on threads, for one SQLite file: a synchronous engine on the file, one writer
+    thread (writers queue on the async engine's :class:`_WriteLock` first, so they take turns with the
+    async sessions' writers) and a few reader threads (deferred ``BEGIN``: under WAL they neither wait
+    for nor block a writer). Threads start on first use and stop when the async engine is disposed."""
+
+    def __init__(self, url: Any, write_lock: _WriteLock) -> None:
+        # check_same_thread: a pooled connection moves between this engine's threads, one user at a time.
+        self.engine: Engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+        event.listen(self.engine, "connect", _sqlite_pragmas)
+        event.listen(self.engine, "begin", _begin_on_thread)
+        event.listen(self.engine, "before_cursor_execute", _read_only_guard)
+        self.read_engine = self.engine.execution_options(**{READ_ONLY: True})
+        self.write_lock = write_lock
+        self._writer: concurrent.futures.ThreadPoolExecutor | None = None
+        self._readers: concurrent.futures.ThreadPoolExecutor | None = None
+
+    async def write(self, fn: Callable[..., T], *args: Any) -> T:
+        await self.write_lock.take()
+        if self._writer is None:
+            self._writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="steward-db-write")
+        job = self._writer.submit(self._run, self.engine, fn, args)
+        try:
+            return await asyncio.wrap_future(job)
+        finally:
+            # A cancelled caller does not stop a transaction already running: the lock goes back when it
+            # has committed or rolled back, not before.
+            if job.done():
+                self.write_lock.give_back()
+            else:
+                job.add_done_callback(lambda _job: self.write_lock.give_back())
+
+    async def read(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._readers is None:
+            self._readers = concurrent.futures.ThreadPoolExecutor(
+                _READ_THREADS, thread_name_prefix="steward-db-read"
+            )
+        return await asyncio.wrap_future(self._readers.submit(self._run, self.read_engine, fn, args))
+
+    @staticmethod
+    def _run(engine: Engine, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+        with engine.begin() as conn:
+            return fn(conn, *args)
+
+    def dispose(self) -> None:
+        for pool in (self._writer, self._readers):
+            if pool is not None:
+                pool.shutdown(wait=True)
+        self._writer = self._readers = None
+        self.engine.dispose()
+
+
+def _begin_on_thread(conn: Any) -> None:
+    # As the async engine's _begin, without its asyncio lock: _SqliteThreads.write holds it already.
+    conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get(READ_ONLY) else "BEGIN IMMEDIATE")
+
+
+async def write(
+    sessions: async_sessionmaker[AsyncSession],
+    fn: Callable[Concatenate[Connection, P], T],
+    *args: P.args,
+    **kwargs: P.kwargs,
+) -> T:
+    """``fn(conn, *args)`` in one write transaction on ``sessions``' database, committed when it returns
+    (rolled back if it raises); its return value. ``fn`` is synchronous and may run on another thread:
+    it must not touch the event loop, and should keep to Core statements (built once, with bind
+    parameters: building and compiling a statement costs more than SQLite running it)."""
+    engine: AsyncEngine = sessions.kw["bind"]
+    threads = _THREADS.get(engine.sync_engine.dialect)
+    if threads is not None:
+        return await threads.write(_call(fn, kwargs), *args)
+    async with engine.begin() as conn:
+        return await conn.run_sync(fn, *args, **kwargs)
+
+
+async def read(
+    sessions: async_sessionmaker[AsyncSession],
+    fn: Callable[Concatenate[Connection, P], T],
+    *args: P.args,
+    **kwargs: P.kwargs,
+) -> T:
+    """As :func:`write`, in a read-only transaction (a write in it raises :class:`ReadOnlySessionError`)."""
+    engine: AsyncEngine = sessions.kw["bind"]
+    threads = _THREADS.get(engine.sync_engine.dialect)
+    if threads is not None:
+        return await threads.read(_call(fn, kwargs), *args)
+    async with engine.execution_options(**{READ_ONLY: True}).begin() as conn:
+        return await conn.run_sync(fn, *args, **kwargs)
+
+
+def _call(fn: Callable[..., T], kwargs: dict[str, Any]) -> Callable[..., T]:
+    if not kwargs:
+        return fn
+    return lambda conn, *args: fn(conn, *args, **kwargs)
 
 
 def _rollback_before_close(dbapi_conn: Any) -> None:
@@ -178,13 +300,21 @@ class _WriteLock:
                 ),
             ) from None
 
+    async def take(self) -> None:
+        """For a writer outside the pool (:class:`_SqliteThreads`); :meth:`give_back` ends it."""
+        await self._acquire()
+
     def release(self, info: dict[str, Any]) -> None:
-        if not info.pop(_HOLDS_WRITE_LOCK, False):
-            return
+        if info.pop(_HOLDS_WRITE_LOCK, False):
+            self.give_back()
+
+    def give_back(self) -> None:
         loop = self._loop
         if loop is not None and threading.get_ident() != self._loop_thread:
-            # A connection cleaned up by the garbage collector off the loop's thread.
-            loop.call_soon_threadsafe(self._lock.release)
+            # A connection cleaned up by the garbage collector, or a transaction ending on its own
+            # thread (_SqliteThreads), off the loop's thread.
+            with contextlib.suppress(RuntimeError):  # the loop has closed: nobody is left to wait
+                loop.call_soon_threadsafe(self._lock.release)
         else:
             self._lock.release()
 

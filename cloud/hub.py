@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -29,11 +30,16 @@ class Subscriber:
     dropped: int = 0
 
 
+# Recently changed commands' rows kept for waiters that start watching just after a change.
+LATEST_COMMANDS = 1024
+
+
 class Hub:
     def __init__(self, queue_size: int = 1000) -> None:
         self.queue_size = queue_size
         self._subscribers: set[Subscriber] = set()
         self._command_waiters: dict[str, set[CommandWatch]] = {}
+        self._latest: OrderedDict[str, Any] = OrderedDict()
 
     def publish(self, kind: str, data: dict[str, Any], *, row: Any = None) -> None:
         """``row``: for a command, its committed row, handed to long-polls so they need not read it
@@ -46,10 +52,21 @@ class Hub:
                 sub.dropped += 1
             sub.queue.put_nowait(message)
         if kind == "command":
+            if row is not None:
+                self._latest[data["id"]] = row
+                self._latest.move_to_end(data["id"])
+                if len(self._latest) > LATEST_COMMANDS:
+                    self._latest.popitem(last=False)
             for waiter in self._command_waiters.get(data["id"], ()):
                 if row is not None:
                     waiter.row = row
                 waiter.changed.set()
+
+    def latest_command(self, command_id: str) -> Any:
+        """The last row published here with a change to ``command_id``, if it is still remembered: a
+        caller that has the command from before it began watching (``issue()``'s row) checks this
+        instead of reading the store, so a change published in between is not missed."""
+        return self._latest.get(command_id)
 
     @property
     def has_subscribers(self) -> bool:

@@ -25,14 +25,16 @@ from typing import Any
 
 import structlog
 from pydantic import ValidationError
+from sqlalchemy import Connection
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from cloud import store
+from cloud import command_store, db, store
 from cloud.hub import Hub
 from cloud.metrics import Metrics
 from cloud.schemas import EventOut, command_json
 from cloud.settings import CloudSettings
+from cloud.tables import CommandRow
 from protocol.models import BatchAck, CommandResult, Event, EventBatch, GatewayStatus, event_severity, utcnow
 from protocol.topics import PROTOCOL_SEGMENT, RESULTS_SUFFIX, Topics
 from steward.mqtt import Message, MqttClient, MqttError
@@ -384,10 +386,14 @@ class Ingest:
         result: CommandResult = self._parse(CommandResult, payload, topics)
         now = utcnow()
         due = time.monotonic() >= self._result_seen.get(topics.gateway_id, 0.0)
-        async with self.sessions() as session, session.begin():
-            changed = await store.apply_result(session, result, now)
-            if due:  # one statement less on most results: each costs a hand-off to SQLite's thread
-                await store.mark_gateway_seen(session, topics.gateway_id, now, RESULT_SEEN_EVERY)
+
+        def transaction(conn: Connection) -> CommandRow | None:
+            changed = command_store.apply_result(conn, result, now)
+            if due:  # one statement less on most results
+                command_store.mark_gateway_seen(conn, topics.gateway_id, now, RESULT_SEEN_EVERY)
+            return changed
+
+        changed = await db.write(self.sessions, transaction)
         if due:
             self._result_seen[topics.gateway_id] = time.monotonic() + RESULT_SEEN_EVERY.total_seconds()
         self.metrics.results += 1

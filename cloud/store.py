@@ -1,6 +1,8 @@
 """Store operations shared by ingest, commands and the API. Each function works inside the caller's
 session and transaction; the caller commits. One code path for SQLite and PostgreSQL: both take
-``INSERT ... ON CONFLICT`` through their SQLAlchemy dialect."""
+``INSERT ... ON CONFLICT`` through their SQLAlchemy dialect.
+
+Commands have their own module, :mod:`cloud.command_store`."""
 
 from __future__ import annotations
 
@@ -13,16 +15,14 @@ from operator import attrgetter
 from typing import Any
 
 from pydantic_core import to_json
-from sqlalchemy import select, text, update
+from sqlalchemy import Connection, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cloud.state import merge_latest, numeric_points, state_updates
-from cloud.tables import CommandAudit, CommandRow, Device, Gateway, Site
+from cloud.tables import Device, Gateway, Site
 from protocol.models import (
-    CommandResult,
-    CommandStatus,
     Event,
     EventBatch,
     GatewayStatus,
@@ -31,8 +31,6 @@ from protocol.models import (
 )
 
 _READING_TYPES = ("meter.reading", "sensor.reading")
-_RANK = {CommandStatus.PENDING: 0, CommandStatus.SENT: 1, CommandStatus.ACCEPTED: 2}
-NON_FINAL = [s.value for s in CommandStatus if not s.final]
 
 
 def _dialect(session: AsyncSession) -> str:
@@ -43,10 +41,6 @@ def _dialect(session: AsyncSession) -> str:
 
 def _insert(session: AsyncSession, table: Any) -> Any:
     return (postgresql.insert if _dialect(session) == "postgresql" else sqlite.insert)(table)
-
-
-def rank(status: CommandStatus) -> int:
-    return 3 if status.final else _RANK[status]
 
 
 @dataclass(slots=True)
@@ -71,17 +65,6 @@ async def touch_gateway(
         _insert(session, Gateway)
         .values(id=gateway_id, site_id=site_id, **{"status": {}, "health": {}, "clock_skewed": False, **row})
         .on_conflict_do_update(index_elements=["id"], set_={"site_id": site_id, **row})
-    )
-
-
-async def mark_gateway_seen(session: AsyncSession, gateway_id: str, now: datetime, every: timedelta) -> None:
-    """Mark a known gateway online and seen, writing only when that changes something or ``last_seen``
-    is older than ``every``: for messages (command results) that arrive far more often than the
-    offline detection needs, and that must not pay :func:`touch_gateway`'s two upserts each."""
-    c = Gateway.__table__.c
-    due = c.online.is_(False) | c.last_seen.is_(None) | (c.last_seen < now - every)
-    await session.execute(
-        update(Gateway.__table__).where(c.id == gateway_id, due).values(online=True, last_seen=now)
     )
 
 
@@ -535,123 +518,12 @@ async def apply_status(session: AsyncSession, status: GatewayStatus, now: dateti
         )
 
 
-def _audit_row(cmd: CommandRow, status: str, reason: str | None, at: datetime) -> dict[str, Any]:
-    return {
-        "command_id": cmd.id,
-        "operator": cmd.issued_by,
-        "device_id": cmd.device_id,
-        "action": cmd.action,
-        "status": status,
-        "reason": reason,
-        "at": at,
-    }
-
-
-async def audit(
-    session: AsyncSession, cmd: CommandRow, status: str, reason: str | None, at: datetime
-) -> None:
-    session.add(CommandAudit(**_audit_row(cmd, status, reason, at)))
-
-
-async def apply_result(session: AsyncSession, result: CommandResult, now: datetime) -> CommandRow | None:
-    """Move a command forward; a final state never changes. Returns the row if its status changed.
-
-    One conditional ``UPDATE ... RETURNING`` and one audit insert, in Core: this is on every command's
-    round trip, and an ORM load, flush and audit object cost more than the statements themselves. The
-    condition (this gateway's command, in a status ranked below the result's) makes it atomic without
-    a row lock on PostgreSQL too: a concurrent writer's update is re-checked against it."""
-    commands = CommandRow.__table__
-    below = [s.value for s in CommandStatus if not s.final and rank(s) < rank(result.status)]
-    values: dict[str, Any] = {"status": result.status.value, "updated_at": now}
-    if result.reason is not None:
-        values["result_reason"] = result.reason
-    if result.state:
-        values["result_state"] = result.state
-    mine = (commands.c.id == result.command_id) & (commands.c.gateway_id == result.gateway_id)
-    row = (
-        await session.execute(
-            update(commands).where(mine, commands.c.status.in_(below)).values(values).returning(*commands.c)
-        )
-    ).first()
-    if row is not None:
-        cmd = CommandRow(**row._mapping)
-        await _audit_core(session, cmd, result.status.value, result.reason, result.at)
-        return cmd
-    current = (await session.execute(select(*commands.c).where(mine))).first()
-    if current is not None:
-        note = f"ignored: command already {current.status}"
-        reason = f"{result.reason or ''} ({note})".strip()
-        await _audit_core(session, CommandRow(**current._mapping), result.status.value, reason, result.at)
-    return None
-
-
-async def _audit_core(
-    session: AsyncSession, cmd: CommandRow, status: str, reason: str | None, at: datetime
-) -> None:
-    await session.execute(CommandAudit.__table__.insert().values(_audit_row(cmd, status, reason, at)))
-
-
-async def advance_command(
-    session: AsyncSession, command_id: str, status: CommandStatus, reason: str | None, now: datetime
-) -> CommandRow | None:
-    """Cloud-side transition (sent, failed to publish): only forward, never out of a final state."""
-    cmd = await session.get(CommandRow, command_id)
-    if cmd is None:
-        return None
-    current = CommandStatus(cmd.status)
-    if current.final or rank(status) <= rank(current):
-        return None
-    cmd.status = status.value
-    cmd.updated_at = now
-    if reason is not None:
-        cmd.result_reason = reason
-    await audit(session, cmd, status.value, reason, now)
-    return cmd
-
-
-async def expire_due(session: AsyncSession, now: datetime, limit: int = 500) -> list[CommandRow]:
-    """Mark non-final commands past ``expires_at`` as expired (with an audit row each)."""
-    due: Sequence[CommandRow] = (
-        (
-            await session.execute(
-                select(CommandRow)
-                .where(CommandRow.status.in_(NON_FINAL), CommandRow.expires_at <= now)
-                .order_by(CommandRow.expires_at)
-                .limit(limit)
-            )
-        )
-        .scalars()
-        .all()
-    )
-    out = []
-    for cmd in due:
-        result = await session.execute(
-            update(CommandRow)
-            .where(CommandRow.id == cmd.id, CommandRow.status.in_(NON_FINAL))
-            .values(
-                status=CommandStatus.EXPIRED.value, updated_at=now, result_reason="expired before completion"
-            )
-        )
-        if result.rowcount:  # type: ignore[attr-defined]
-            await audit(session, cmd, CommandStatus.EXPIRED.value, "expired before completion", now)
-            await session.refresh(cmd)
-            out.append(cmd)
-    return out
-
-
-async def mark_silent_gateways(session: AsyncSession, now: datetime, after_s: float) -> list[str]:
+def mark_silent_gateways(conn: Connection, now: datetime, after_s: float) -> list[str]:
     """Gateways not heard from for ``after_s`` go offline and their devices become unknown."""
     cutoff = now - timedelta(seconds=after_s)
-    ids = list(
-        (
-            await session.execute(
-                select(Gateway.id).where(Gateway.online.is_(True), Gateway.last_seen < cutoff)
-            )
-        ).scalars()
-    )
+    silent = select(Gateway.id).where(Gateway.online.is_(True), Gateway.last_seen < cutoff)
+    ids = list(conn.execute(silent).scalars())
     if ids:
-        await session.execute(update(Gateway).where(Gateway.id.in_(ids)).values(online=False))
-        await session.execute(
-            update(Device).where(Device.gateway_id.in_(ids)).values(online=None, updated_at=now)
-        )
+        conn.execute(update(Gateway).where(Gateway.id.in_(ids)).values(online=False))
+        conn.execute(update(Device).where(Device.gateway_id.in_(ids)).values(online=None, updated_at=now))
     return ids

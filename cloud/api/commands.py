@@ -33,16 +33,32 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     responses=_ERRORS,
 )
 async def issue_command(
-    device_id: str, body: CommandRequest, user: CurrentUser, services: ServicesDep
+    device_id: str,
+    body: CommandRequest,
+    user: CurrentUser,
+    services: ServicesDep,
+    wait: Annotated[
+        float,
+        Query(
+            ge=0,
+            le=60,
+            description="Seconds to wait for the command to finish (succeeded, failed, rejected or expired)"
+            " before answering; 0 answers once it is sent. The answer is the command as it is then:"
+            " ``final`` says whether it has finished.",
+        ),
+    ] = 0,
 ) -> dict[str, Any]:
     """Validate against the device kind's actions, store, sign, publish to its gateway (QoS 1), answer
-    202."""
+    202: at once, or with ``wait``, when the command has finished (one request for a console's "open
+    the gate" button, instead of a POST and long-polls)."""
 
     def authorize(site_id: str) -> None:
         require_site(user, site_id, Permission.COMMAND)
 
     # The device lookup and the permission check happen inside issue()'s one write transaction.
     row = await services.commands.issue(device_id, body, issued_by=user.username, authorize=authorize)
+    if wait:
+        row = await services.commands.wait(row.id, wait, until_final=True, row=row)
     return command_json(row)
 
 

@@ -209,7 +209,13 @@ class FakeGateway:
         await self.client.publish(self.topics.status, status.to_bytes(), qos=1, retain=True)
 
     async def answer(
-        self, command: Command, status: CommandStatus, reason: str | None = None, **state: Any
+        self,
+        command: Command,
+        status: CommandStatus,
+        reason: str | None = None,
+        *,
+        accepted_at: datetime | None = None,
+        **state: Any,
     ) -> None:
         result = CommandResult(
             command_id=command.id,
@@ -219,6 +225,7 @@ class FakeGateway:
             reason=reason,
             at=datetime.now(UTC),
             state=state,
+            accepted_at=accepted_at,
         )
         await self.client.publish(self.topics.results, result.to_bytes(), qos=1)
 

@@ -14,12 +14,12 @@ import pytest
 from sqlalchemy import text
 
 from cloud import CloudSettings
+from cloud.command_store import apply_result
 from cloud.commands import CommandService
 from cloud.db import ReadOnlySessionError, make_engine, make_sessions, upgrade
 from cloud.hub import Hub
 from cloud.metrics import Metrics
 from cloud.schemas import command_json
-from cloud.store import apply_result
 from cloud.tables import CommandRow, Gateway, Site
 from protocol import CommandResult, CommandStatus, new_id
 from steward.mqtt import MqttClient
@@ -96,6 +96,36 @@ async def test_open_gate_accepted_then_succeeded(broker_port: int, sqlite_url: s
         assert "ignored" in audit[-1]["reason"]
         final = (await cloud.http.get(f"/api/v1/commands/{cmd['id']}")).json()
         assert final["status"] == "succeeded"
+
+
+async def test_post_with_wait_answers_when_the_command_finished(broker_port: int, sqlite_url: str) -> None:
+    """One request for "open the gate and tell me": the POST answers with the final command. A gateway
+    that finished before announcing sends one result with ``accepted_at``; the trail has both steps."""
+    async with cloud_with_gateway(broker_port, sqlite_url) as (cloud, gw):
+        posting = asyncio.create_task(
+            cloud.http.post("/api/v1/devices/gate-1/commands", json={"action": "open"}, params={"wait": 5})
+        )
+        wire = await gw.next_command()
+        await asyncio.sleep(0.1)
+        assert not posting.done()  # still waiting: nothing final yet
+        accepted_at = datetime.now(UTC)
+        await gw.answer(wire, CommandStatus.SUCCEEDED, accepted_at=accepted_at, gate="open")
+        resp = await asyncio.wait_for(posting, 5)
+        assert resp.status_code == 202, resp.text
+        done = resp.json()
+        assert (done["id"], done["status"], done["final"]) == (wire.id, "succeeded", True)
+        assert done["result_state"] == {"gate": "open"}
+        audit = (await cloud.http.get(f"/api/v1/commands/{wire.id}/audit")).json()
+        assert [a["status"] for a in audit] == ["pending", "sent", "accepted", "succeeded"]
+        assert datetime.fromisoformat(audit[2]["at"]) == accepted_at
+
+        # Not finished within the wait: the command as it is then, not final, and no error.
+        started = time.monotonic()
+        resp = await cloud.http.post(
+            "/api/v1/devices/gate-1/commands", json={"action": "close"}, params={"wait": 0.3}
+        )
+        assert 0.25 < time.monotonic() - started < 2
+        assert (resp.status_code, resp.json()["status"], resp.json()["final"]) == (202, "sent", False)
 
 
 async def _audit_len(cloud: RunningCloud, command_id: str, n: int) -> list[dict[str, object]] | None:
@@ -272,7 +302,7 @@ async def _ingest_result(service: CommandService, command_id: str, status: Comma
         command_id=command_id, gateway_id=GATEWAY, device_id="gate-1", status=status, at=datetime.now(UTC)
     )
     async with service.sessions() as session, session.begin():
-        changed = await apply_result(session, result, datetime.now(UTC))
+        changed = await session.run_sync(apply_result, result, datetime.now(UTC))
     assert changed is not None
     service.hub.publish("command", command_json(changed))
 
@@ -328,7 +358,7 @@ async def test_long_poll_takes_the_row_published_with_a_change_and_reads_the_sto
             at=datetime.now(UTC),
         )  # fmt: skip
         async with service.sessions() as session, session.begin():
-            changed = await apply_result(session, result, datetime.now(UTC))
+            changed = await session.run_sync(apply_result, result, datetime.now(UTC))
         assert changed is not None
         hub.publish("command", command_json(changed), row=changed)
         assert (await asyncio.wait_for(waiting, 1)).status == "accepted"

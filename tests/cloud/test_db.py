@@ -1,4 +1,6 @@
-"""cloud/db.py on SQLite: a writer cancelled at any point must not leave the database's write lock held."""
+"""cloud/db.py on SQLite: a writer cancelled at any point must not leave the database's write lock held;
+whole transactions through ``db.write``/``db.read`` run off the event loop, take turns with the async
+sessions' writers, and behave the same on an in-memory database (no threads there)."""
 
 from __future__ import annotations
 
@@ -7,14 +9,17 @@ import contextlib
 import gc
 import random
 import sqlite3
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from sqlalchemy import text
+import pytest
+from sqlalchemy import Connection, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from cloud import CloudSettings
-from cloud.db import make_engine, make_sessions
+from cloud import CloudSettings, db
+from cloud.db import ReadOnlySessionError, make_engine, make_sessions
 
 
 @contextlib.contextmanager
@@ -78,3 +83,79 @@ async def test_writers_cancelled_at_random_points_leave_the_write_lock_free(tmp_
             finally:
                 await engine.dispose()
     assert all(isinstance(e, asyncio.CancelledError) for e in kept)
+
+
+def _insert(conn: Connection, v: int, *, fail: bool = False) -> int:
+    conn.execute(text("INSERT INTO t (v) VALUES (:v)"), {"v": v})
+    if fail:
+        raise ValueError("refused after the insert")
+    return threading.get_ident()
+
+
+def _values(conn: Connection) -> list[int]:
+    return list(conn.execute(text("SELECT v FROM t ORDER BY rowid")).scalars())
+
+
+@pytest.mark.parametrize("where", ["file", "memory"])
+async def test_write_and_read_run_whole_transactions(tmp_path: Path, where: str) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'c.db'}" if where == "file" else "sqlite+aiosqlite:///:memory:"
+    engine = make_engine(CloudSettings(database_url=url))
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text("CREATE TABLE t (v INTEGER)"))
+        sessions = make_sessions(engine)
+        thread = await db.write(sessions, _insert, 1)
+        # A file's transactions run on a thread of their own; in memory there is one connection and
+        # the async session's run_sync, on the loop's thread.
+        assert (thread != threading.get_ident()) is (where == "file")
+        with pytest.raises(ValueError, match="refused"):
+            await db.write(sessions, _insert, 2, fail=True)
+        assert await db.read(sessions, _values) == [1]  # the failed one rolled back
+        with pytest.raises(ReadOnlySessionError):
+            await db.read(sessions, _insert, 3)
+        assert await db.read(sessions, _values) == [1]
+    finally:
+        await engine.dispose()
+
+
+async def test_write_waits_for_an_async_writer_and_a_cancelled_caller_keeps_the_lock_until_done(
+    tmp_path: Path,
+) -> None:
+    engine = make_engine(CloudSettings(database_url=f"sqlite+aiosqlite:///{tmp_path / 'c.db'}"))
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text("CREATE TABLE t (v INTEGER)"))
+        sessions = make_sessions(engine)
+        # An async session holds the write lock: db.write queues behind it (no "database is locked"
+        # from SQLite's busy handler) and commits after it.
+        async with sessions() as session, session.begin():
+            await session.execute(text("INSERT INTO t (v) VALUES (1)"))
+            queued = asyncio.create_task(db.write(sessions, _insert, 2))
+            await asyncio.sleep(0.1)
+            assert not queued.done()
+        await asyncio.wait_for(queued, 5)
+        assert await db.read(sessions, _values) == [1, 2]
+
+        # A caller cancelled while its transaction runs on the thread: the transaction completes and
+        # the lock is given back only then, so the next writer neither fails nor interleaves.
+        started = threading.Event()
+
+        def slow(conn: Connection) -> None:
+            conn.execute(text("INSERT INTO t (v) VALUES (3)"))
+            started.set()
+            time.sleep(0.2)
+            conn.execute(text("INSERT INTO t (v) VALUES (4)"))
+
+        cancelled = asyncio.create_task(db.write(sessions, slow))
+        await asyncio.to_thread(started.wait, 5)
+        cancelled.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await cancelled
+        lock = db._THREADS[engine.sync_engine.dialect].write_lock._lock
+        assert lock.locked()  # the transaction still runs: giving the lock back now would be a lie
+        async with asyncio.timeout(5), sessions() as session, session.begin():
+            await session.execute(text("INSERT INTO t (v) VALUES (5)"))
+        assert await db.read(sessions, _values) == [1, 2, 3, 4, 5]
+        assert not lock.locked()
+    finally:
+        await engine.dispose()

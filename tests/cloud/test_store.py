@@ -12,15 +12,9 @@ from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from cloud import CloudSettings
+from cloud.command_store import apply_result, expire_due, mark_gateway_seen
 from cloud.db import make_engine, make_sessions, upgrade
-from cloud.store import (
-    apply_result,
-    apply_status,
-    expire_due,
-    ingest_batch,
-    mark_gateway_seen,
-    mark_silent_gateways,
-)
+from cloud.store import apply_status, ingest_batch, mark_silent_gateways
 from cloud.tables import CommandAudit, CommandRow, Device, EventRow, Gateway, Reading
 from protocol import CommandResult, CommandStatus, GatewayStatus, new_id
 from tests.cloud.conftest import PG_URL, pg_available
@@ -104,12 +98,12 @@ async def test_command_status_only_moves_forward(sessions: async_sessionmaker[As
         return CommandResult(command_id="c-ok", gateway_id=GATEWAY, device_id="gate-1", status=status, at=now)
 
     async with sessions() as s, s.begin():
-        assert await apply_result(s, result(CommandStatus.SUCCEEDED), now) is not None
+        assert await s.run_sync(apply_result, result(CommandStatus.SUCCEEDED), now) is not None
     async with sessions() as s, s.begin():
-        assert await apply_result(s, result(CommandStatus.ACCEPTED), now) is None
-        assert await apply_result(s, result(CommandStatus.FAILED), now) is None
+        assert await s.run_sync(apply_result, result(CommandStatus.ACCEPTED), now) is None
+        assert await s.run_sync(apply_result, result(CommandStatus.FAILED), now) is None
     async with sessions() as s, s.begin():
-        expired = await expire_due(s, now)
+        expired = await s.run_sync(expire_due, now)
     assert [c.id for c in expired] == ["c-old"]
     async with sessions() as s:
         assert (await s.get(CommandRow, "c-ok")).status == "succeeded"  # type: ignore[union-attr]
@@ -139,11 +133,11 @@ async def test_result_from_another_gateway_changes_nothing_and_ignored_results_a
         )  # fmt: skip
 
     async with sessions() as s, s.begin():
-        assert await apply_result(s, result(CommandStatus.FAILED, gateway="gw-other"), now) is None
-        changed = await apply_result(s, result(CommandStatus.FAILED), now)
+        assert await s.run_sync(apply_result, result(CommandStatus.FAILED, gateway="gw-other"), now) is None
+        changed = await s.run_sync(apply_result, result(CommandStatus.FAILED), now)
         assert changed is not None and changed.status == "failed" and changed.result_reason == "jammed"
         assert changed.result_state == {"state": "fault"} and changed.issued_by == "ops"
-        assert await apply_result(s, result(CommandStatus.SUCCEEDED), now) is None
+        assert await s.run_sync(apply_result, result(CommandStatus.SUCCEEDED), now) is None
     async with sessions() as s:
         row = await s.get(CommandRow, "c-1")
         trail = (
@@ -166,19 +160,21 @@ async def test_mark_gateway_seen_writes_only_when_due(sessions: async_sessionmak
     every = timedelta(seconds=5)
     now = datetime.now(UTC)
     async with sessions() as s, s.begin():
-        await mark_silent_gateways(s, now, after_s=180)
+        await s.run_sync(mark_silent_gateways, now, after_s=180)
     async with sessions() as s, s.begin():
-        await mark_gateway_seen(s, GATEWAY, now, every)  # offline: marked online at once
+        await s.run_sync(mark_gateway_seen, GATEWAY, now, every)  # offline: marked online at once
     async with sessions() as s:
         gw = await s.get(Gateway, GATEWAY)
         assert gw is not None and gw.online is True
         seen = gw.last_seen
     async with sessions() as s, s.begin():
-        await mark_gateway_seen(s, GATEWAY, now + timedelta(seconds=1), every)  # online, fresh: no write
+        await s.run_sync(
+            mark_gateway_seen, GATEWAY, now + timedelta(seconds=1), every
+        )  # online, fresh: no write
     async with sessions() as s:
         assert (await s.get(Gateway, GATEWAY)).last_seen == seen  # type: ignore[union-attr]
     async with sessions() as s, s.begin():
-        await mark_gateway_seen(s, GATEWAY, now + timedelta(seconds=6), every)  # stale: bumped
+        await s.run_sync(mark_gateway_seen, GATEWAY, now + timedelta(seconds=6), every)  # stale: bumped
     async with sessions() as s:
         assert (await s.get(Gateway, GATEWAY)).last_seen > seen  # type: ignore[union-attr,operator]
 
@@ -192,7 +188,7 @@ async def test_silent_gateway_goes_offline_and_devices_unknown(
             s, GatewayStatus(site_id=SITE, gateway_id=GATEWAY, online=True, at=then, devices=DEVICES), then
         )
     async with sessions() as s, s.begin():
-        assert await mark_silent_gateways(s, datetime.now(UTC), after_s=180) == [GATEWAY]
+        assert await s.run_sync(mark_silent_gateways, datetime.now(UTC), after_s=180) == [GATEWAY]
     async with sessions() as s:
         gw = await s.get(Gateway, GATEWAY)
         devices = (await s.execute(select(Device.online))).scalars().all()
