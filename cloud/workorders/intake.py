@@ -60,6 +60,27 @@ async def _with_device_location(session: AsyncSession, spec: NewWorkOrder) -> Ne
     return spec
 
 
+def clear_keys_only(rules: RuleSet, fields: dict[str, Any], subject: str) -> list[str] | None:
+    """The open keys of the conditions an event clears, when clearing is all :func:`handle_event` could do
+    with it (no work order to open or attach to, no timer to start or cancel); None otherwise. A gate
+    that opens clears "gate fault": almost always there is none open, which one read can tell without
+    the write transaction :func:`handle_event` needs."""
+    keys: list[str] = []
+    kind = fields.get("type")
+    for rule in rules.rules:
+        if rule.clears(fields):
+            if rule.kind == "offline":
+                return None  # cancels its timers
+            keys.append(store.open_key_of(rule.id, subject, rule.condition_key(fields)))
+        if rule.kind == "offline":
+            if rule.target == "device" and kind == "device.offline" and matches(rule.where, fields):
+                return None
+            continue
+        if rule.kind in ("event", "repeated") and kind in rule.on and matches(rule.where, fields):
+            return None
+    return keys
+
+
 async def handle_event(
     session: AsyncSession, rules: RuleSet, *, site_id: str, gateway_id: str, event: Event, now: datetime
 ) -> list[tuple[WorkOrder, bool]]:

@@ -18,10 +18,11 @@ from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from cloud import db
 from cloud.errors import CloudError, NotFound
 from cloud.workorders import intake, lifecycle, report, store
 from cloud.workorders.lifecycle import FollowUp, Status
-from cloud.workorders.rules import Priority, RulesError, RuleSet, load_rules
+from cloud.workorders.rules import Priority, RulesError, RuleSet, event_fields, load_rules
 from cloud.workorders.schedules import MaintenancePlan, load_plan
 from cloud.workorders.schemas import (
     EscalationOut,
@@ -97,6 +98,22 @@ class WorkOrderService:
         relevant = [e for e in new_events if is_relevant(site_id, gateway_id, e)]
         if not relevant:
             return
+        # Most relevant events only clear a condition that is not open (every gate movement clears
+        # "gate fault"): one read tells, instead of a write transaction that holds SQLite's write lock
+        # for a command's result to queue behind. Another instance opening one of these work orders
+        # at this very moment is not seen by the read; its fault event came first, so ingest ordering
+        # makes that rare, and the work order stays open for people either way (clearing only notes
+        # that the condition is over).
+        keys: list[str] = []
+        for event in relevant:
+            fields = event_fields(site_id, gateway_id, event)
+            found = intake.clear_keys_only(self.rules, fields, event.device_id)
+            if found is None:
+                break
+            keys += found
+        else:
+            if not keys or not await db.read(self.sessions, store.any_uncleared, keys):
+                return
         now = self.clock()
         async with self.sessions() as session, session.begin():
             touched = []

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import Select, select, update
+from sqlalchemy import Connection, Select, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -72,7 +72,20 @@ class NewWorkOrder:
     def open_key(self) -> str | None:
         if self.source != "rule" or not self.dedupe:
             return None
-        return f"{self.rule_id}|{self.device_id or self.gateway_id or ''}|{self.condition_key}"[:400]
+        return open_key_of(self.rule_id, self.device_id or self.gateway_id or "", self.condition_key)
+
+
+def open_key_of(rule_id: str, subject: str, condition_key: str) -> str:
+    """The ``open_key`` of a rule's condition on a device (or gateway), as :class:`NewWorkOrder` makes it."""
+    return f"{rule_id}|{subject}|{condition_key}"[:400]
+
+
+def any_uncleared(conn: Connection, open_keys: list[str]) -> bool:
+    """Whether a work order is open, and not yet marked cleared, for any of ``open_keys``."""
+    found = conn.execute(
+        select(WorkOrder.id).where(WorkOrder.open_key.in_(open_keys), WorkOrder.cleared_at.is_(None)).limit(1)
+    ).first()
+    return found is not None
 
 
 async def find_open(session: AsyncSession, open_key: str) -> WorkOrder | None:
@@ -189,8 +202,7 @@ async def mark_cleared(
     now: datetime,
 ) -> list[WorkOrder]:
     """The condition is over (a restore event): note it on the open work order; people close it."""
-    key = f"{rule_id}|{subject}|{condition_key}"[:400]
-    wo = await find_open(session, key)
+    wo = await find_open(session, open_key_of(rule_id, subject, condition_key))
     if wo is None or wo.cleared_at is not None or at < wo.last_seen:
         return []
     wo.cleared_at, wo.cleared_by, wo.updated_at = at, by, now

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -11,6 +12,7 @@ from sqlalchemy import select, update
 
 from cloud.tables import Gateway
 from cloud.workorders.tables import Occurrence, WorkOrder
+from tests.cloud.support import make_batch
 from tests.workorders.support import GATEWAY, SITE, Clock, Db, event, ingest, service
 
 
@@ -223,3 +225,58 @@ async def test_water_flowing_all_night_opens_one_work_order(any_db: Db, clock: C
         0.02,
     )
     assert (await svc.tick()).opened == []
+
+
+async def test_restore_events_with_nothing_open_do_not_take_the_write_lock(db: Db, clock: Clock) -> None:
+    """Every gate movement clears "gate fault": with no such work order open it must not queue on
+    SQLite's write lock (an operator's command result would queue behind it), and once one is open the
+    same event still clears it."""
+    svc = service(db, clock)
+    restores = [event("gate-1", "gate.opened", at=clock()), event("gate-1", "gate.closed", at=clock())]
+    batch = make_batch(restores, site=SITE, gateway=GATEWAY)
+    async with db.sessions() as holder, holder.begin():
+        await holder.execute(update(Gateway).values(clock_skewed=False))  # holds the write lock
+        await asyncio.wait_for(svc.on_events(batch, restores), 2)
+    assert await work_orders(db) == []
+
+    await ingest(db, svc, event("gate-1", "gate.fault", {"state": "fault"}, at=clock()))
+    clock.advance(minutes=1)
+    await ingest(db, svc, event("gate-1", "gate.opened", at=clock()))
+    [wo] = await work_orders(db)
+    assert (wo.rule_id, wo.cleared_by, wo.cleared_at) == ("gate-fault", "gate.opened", clock())
+
+
+async def test_events_said_to_only_clear_never_open_or_start_anything(db: Db, clock: Clock) -> None:
+    """clear_keys_only() must be conservative: an event it calls clear-only, stored and handled as
+    ingest does (the full path, handle_event), adds no work order, occurrence or timer. Checked for
+    every event type the shipped rules name, with data that matches their conditions where it can."""
+    from cloud.workorders import intake
+    from cloud.workorders.rules import event_fields
+    from cloud.workorders.tables import Timer
+
+    svc = service(db, clock)
+    types = {"device.online", "device.offline"}
+    for rule in svc.rules.rules:
+        types |= set(rule.on) | set(rule.clear.on if rule.clear else ())
+
+    async def rows() -> list[int]:
+        async with db.sessions() as s:
+            return [len((await s.execute(select(t))).all()) for t in (WorkOrder, Occurrence, Timer)]
+
+    data = {"zone": 1, "metric": "humidity", "value": 99, "bound": "max", "limit": 80, "power_w": 99000}
+    clear_only = set()
+    for type_ in sorted(types):
+        e = event("dev-1", type_, data, at=clock())
+        keys = intake.clear_keys_only(svc.rules, event_fields(SITE, GATEWAY, e), "dev-1")
+        before = await rows()
+        async with db.sessions() as session, session.begin():
+            await intake.handle_event(
+                session, svc.rules, site_id=SITE, gateway_id=GATEWAY, event=e, now=clock()
+            )
+        if keys is not None:
+            clear_only.add(type_)
+            assert await rows() == before, f"{type_} is not clear-only"
+        clock.advance(minutes=1)
+    # The common restores are on the read-only path.
+    assert {"gate.opened", "gate.closed", "fire.restored", "sensor.normal"} <= clear_only
+    assert "gate.fault" not in clear_only and "device.offline" not in clear_only
