@@ -16,10 +16,11 @@ after 0.3 ms. ``busy_timeout`` still covers other processes on the same file.
 
 Short transactions on a command's round trip go through :func:`write` and :func:`read` instead: a plain
 function of a synchronous :class:`~sqlalchemy.Connection`, the same code on both databases. On a SQLite
-file the whole transaction runs on a thread of its own, one hand-off from the event loop; through the
-async session each statement (BEGIN, every query, COMMIT) was a hand-off to aiosqlite's thread and back,
-about 1 ms apiece on a busy loop. Elsewhere (PostgreSQL, an in-memory SQLite) it runs in the async
-connection's ``run_sync``.
+file the whole transaction runs at once on a connection of the event loop's own, which never waits (when
+another process holds the lock, a thread runs it instead; see :class:`_SqliteThreads`); through the async
+session each statement (BEGIN, every query, COMMIT) was a hand-off to aiosqlite's thread and back, about
+1 ms apiece on a busy loop. Elsewhere (PostgreSQL, an in-memory SQLite) it runs in the async connection's
+``run_sync``.
 """
 
 from __future__ import annotations
@@ -55,6 +56,8 @@ WRITE_LOCK_TIMEOUT_S = 30.0
 _HOLDS_WRITE_LOCK = "steward_holds_write_lock"
 # Readers that run a whole read transaction on a thread (see _SqliteThreads); long-polls and API reads.
 _READ_THREADS = 2
+# Commits on the event loop's own SQLite connection between two passive WAL checkpoints on a thread.
+CHECKPOINT_EVERY = 500
 T = TypeVar("T")
 P = ParamSpec("P")
 
@@ -150,27 +153,61 @@ _THREADS: weakref.WeakKeyDictionary[Dialect, _SqliteThreads] = weakref.WeakKeyDi
 
 
 class _SqliteThreads:
-    """Whole transactions on threads, for one SQLite file: a synchronous engine on the file, one writer
-    thread (writers queue on the async engine's :class:`_WriteLock` first, so they take turns with the
-    async sessions' writers) and a few reader threads (deferred ``BEGIN``: under WAL they neither wait
-    for nor block a writer). Threads start on first use and stop when the async engine is disposed."""
+    """Whole transactions for one SQLite file, on synchronous engines of their own.
+
+    First on the event loop itself: a command's transactions are a few statements that SQLite runs in
+    well under a millisecond, and a hand-off to a thread and back cost more than that (the thread
+    also competes for the GIL with the loop it hands back to). That connection never waits: its
+    ``busy_timeout`` is 0, so when another process holds the database's lock, the transaction goes to
+    the writer thread (or a reader thread), which waits for it there, off the loop. It never
+    checkpoints the WAL either (a checkpoint writes and syncs the database file): every
+    ``CHECKPOINT_EVERY`` commits the writer thread runs a passive checkpoint while this instance's
+    writers wait (with writes going on, a passive checkpoint rarely copies the whole WAL back, and the
+    WAL only starts afresh after one that did).
+
+    Writers take the async engine's :class:`_WriteLock` first, so they take turns with the async
+    sessions' writers; readers use a deferred ``BEGIN`` (under WAL they neither wait for nor block a
+    writer). Threads start on first use and stop when the async engine is disposed."""
 
     def __init__(self, url: Any, write_lock: _WriteLock) -> None:
         # check_same_thread: a pooled connection moves between this engine's threads, one user at a time.
         self.engine: Engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
-        event.listen(self.engine, "connect", _sqlite_pragmas)
-        event.listen(self.engine, "begin", _begin_on_thread)
-        event.listen(self.engine, "before_cursor_execute", _read_only_guard)
+        self.direct: Engine = create_engine(url, connect_args={"check_same_thread": False})
+        for engine, pragmas in ((self.engine, _sqlite_pragmas), (self.direct, _direct_pragmas)):
+            event.listen(engine, "connect", pragmas)
+            event.listen(engine, "begin", _begin_here)
+            event.listen(engine, "before_cursor_execute", _read_only_guard)
         self.read_engine = self.engine.execution_options(**{READ_ONLY: True})
+        self.direct_read = self.direct.execution_options(**{READ_ONLY: True})
         self.write_lock = write_lock
         self._writer: concurrent.futures.ThreadPoolExecutor | None = None
         self._readers: concurrent.futures.ThreadPoolExecutor | None = None
+        self._commits = 0
 
     async def write(self, fn: Callable[..., T], *args: Any) -> T:
         await self.write_lock.take()
-        if self._writer is None:
-            self._writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="steward-db-write")
-        job = self._writer.submit(self._run, self.engine, fn, args)
+        try:
+            result = self._run(self.direct, fn, args)
+        except OperationalError as exc:
+            if not _busy(exc):
+                self.write_lock.give_back()
+                raise
+        except BaseException:
+            self.write_lock.give_back()
+            raise
+        else:
+            self._commits += 1
+            if self._commits % CHECKPOINT_EVERY:
+                self.write_lock.give_back()
+            else:
+                # The caller has its result now; this instance's writers wait until the checkpoint is
+                # done, so it can copy the whole WAL back and the next commit starts the WAL afresh.
+                checkpoint = self._submit_write(_checkpoint, self.engine)
+                checkpoint.add_done_callback(lambda _job: self.write_lock.give_back())
+            return result
+        # Another process holds SQLite's lock (nothing ran: BEGIN IMMEDIATE is the first statement):
+        # wait for it on the writer thread, still holding this instance's lock.
+        job = self._submit_write(self._run, self.engine, fn, args)
         try:
             return await asyncio.wrap_future(job)
         finally:
@@ -181,7 +218,17 @@ class _SqliteThreads:
             else:
                 job.add_done_callback(lambda _job: self.write_lock.give_back())
 
+    def _submit_write(self, fn: Callable[..., T], *args: Any) -> concurrent.futures.Future[T]:
+        if self._writer is None:
+            self._writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="steward-db-write")
+        return self._writer.submit(fn, *args)
+
     async def read(self, fn: Callable[..., T], *args: Any) -> T:
+        try:
+            return self._run(self.direct_read, fn, args)
+        except OperationalError as exc:
+            if not _busy(exc):
+                raise
         if self._readers is None:
             self._readers = concurrent.futures.ThreadPoolExecutor(
                 _READ_THREADS, thread_name_prefix="steward-db-read"
@@ -199,9 +246,32 @@ class _SqliteThreads:
                 pool.shutdown(wait=True)
         self._writer = self._readers = None
         self.engine.dispose()
+        self.direct.dispose()
 
 
-def _begin_on_thread(conn: Any) -> None:
+def _busy(exc: OperationalError) -> bool:
+    return getattr(exc.orig, "sqlite_errorcode", None) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
+def _checkpoint(engine: Engine) -> None:
+    try:
+        with engine.connect() as conn:
+            # On the DB-API connection: through SQLAlchemy it would run inside a BEGIN, where SQLite
+            # refuses to checkpoint ("database table is locked").
+            conn.connection.dbapi_connection.execute("PRAGMA wal_checkpoint(PASSIVE)")  # type: ignore[union-attr]
+    except Exception as exc:  # nobody awaits this job; the next one tries again
+        log.warning("db.checkpoint_failed", error=str(exc)[:200])
+
+
+def _direct_pragmas(dbapi_conn: Any, record: Any) -> None:
+    _sqlite_pragmas(dbapi_conn, record)
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA busy_timeout=0")  # on the event loop: never wait for another process's lock
+    cur.execute("PRAGMA wal_autocheckpoint=0")  # nor write back the WAL; _checkpoint does, on a thread
+    cur.close()
+
+
+def _begin_here(conn: Any) -> None:
     # As the async engine's _begin, without its asyncio lock: _SqliteThreads.write holds it already.
     conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get(READ_ONLY) else "BEGIN IMMEDIATE")
 

@@ -1,6 +1,7 @@
 """cloud/db.py on SQLite: a writer cancelled at any point must not leave the database's write lock held;
 whole transactions through ``db.write``/``db.read`` run off the event loop, take turns with the async
-sessions' writers, and behave the same on an in-memory database (no threads there)."""
+sessions' writers, never block the loop while another process holds SQLite's lock, and behave the same on
+an in-memory database."""
 
 from __future__ import annotations
 
@@ -104,10 +105,7 @@ async def test_write_and_read_run_whole_transactions(tmp_path: Path, where: str)
         async with engine.begin() as conn:
             await conn.execute(text("CREATE TABLE t (v INTEGER)"))
         sessions = make_sessions(engine)
-        thread = await db.write(sessions, _insert, 1)
-        # A file's transactions run on a thread of their own; in memory there is one connection and
-        # the async session's run_sync, on the loop's thread.
-        assert (thread != threading.get_ident()) is (where == "file")
+        await db.write(sessions, _insert, 1)
         with pytest.raises(ValueError, match="refused"):
             await db.write(sessions, _insert, 2, fail=True)
         assert await db.read(sessions, _values) == [1]  # the failed one rolled back
@@ -118,10 +116,9 @@ async def test_write_and_read_run_whole_transactions(tmp_path: Path, where: str)
         await engine.dispose()
 
 
-async def test_write_waits_for_an_async_writer_and_a_cancelled_caller_keeps_the_lock_until_done(
-    tmp_path: Path,
-) -> None:
-    engine = make_engine(CloudSettings(database_url=f"sqlite+aiosqlite:///{tmp_path / 'c.db'}"))
+async def test_write_waits_for_an_async_writer_and_for_another_process_off_the_loop(tmp_path: Path) -> None:
+    path = tmp_path / "c.db"
+    engine = make_engine(CloudSettings(database_url=f"sqlite+aiosqlite:///{path}"))
     try:
         async with engine.begin() as conn:
             await conn.execute(text("CREATE TABLE t (v INTEGER)"))
@@ -136,26 +133,59 @@ async def test_write_waits_for_an_async_writer_and_a_cancelled_caller_keeps_the_
         await asyncio.wait_for(queued, 5)
         assert await db.read(sessions, _values) == [1, 2]
 
-        # A caller cancelled while its transaction runs on the thread: the transaction completes and
-        # the lock is given back only then, so the next writer neither fails nor interleaves.
-        started = threading.Event()
-
-        def slow(conn: Connection) -> None:
-            conn.execute(text("INSERT INTO t (v) VALUES (3)"))
-            started.set()
-            time.sleep(0.2)
-            conn.execute(text("INSERT INTO t (v) VALUES (4)"))
-
-        cancelled = asyncio.create_task(db.write(sessions, slow))
-        await asyncio.to_thread(started.wait, 5)
-        cancelled.cancel()
+        # Another process holds SQLite's write lock: the write waits for it on a thread while the loop
+        # keeps running; its caller, cancelled meanwhile, does not give this instance's lock back before
+        # the transaction has ended, so the next writer neither fails nor interleaves.
+        other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        other.execute("BEGIN IMMEDIATE")
+        other.execute("INSERT INTO t (v) VALUES (3)")
+        waiting = asyncio.create_task(db.write(sessions, _insert, 4))
+        gaps, last = [], time.monotonic()
+        for _ in range(20):
+            await asyncio.sleep(0.01)
+            now = time.monotonic()
+            gaps.append(now - last)
+            last = now
+        assert max(gaps) < 0.1, f"the loop stalled for {max(gaps):.3f} s"
+        assert not waiting.done()
+        waiting.cancel()
         with contextlib.suppress(asyncio.CancelledError):
-            await cancelled
+            await waiting
         lock = db._THREADS[engine.sync_engine.dialect].write_lock._lock
-        assert lock.locked()  # the transaction still runs: giving the lock back now would be a lie
-        async with asyncio.timeout(5), sessions() as session, session.begin():
-            await session.execute(text("INSERT INTO t (v) VALUES (5)"))
+        assert lock.locked()  # the transaction is still waiting to run: giving the lock back would be a lie
+        after = asyncio.create_task(db.write(sessions, _insert, 5))
+        await asyncio.sleep(0.05)
+        assert not after.done()
+        other.execute("COMMIT")
+        other.close()
+        await asyncio.wait_for(after, 5)
         assert await db.read(sessions, _values) == [1, 2, 3, 4, 5]
         assert not lock.locked()
     finally:
         await engine.dispose()
+
+
+async def test_the_loops_own_connection_leaves_checkpoints_to_a_thread_and_the_wal_stays_bounded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The event loop's connection never checkpoints (that writes and syncs the database file); it asks
+    the writer thread every CHECKPOINT_EVERY commits, so a cloud writing only through it keeps a
+    bounded WAL rather than one that grows with every command."""
+    monkeypatch.setattr(db, "CHECKPOINT_EVERY", 50)
+    path = tmp_path / "c.db"
+    engine = make_engine(CloudSettings(database_url=f"sqlite+aiosqlite:///{path}"))
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text("CREATE TABLE t (v INTEGER)"))
+        sessions = make_sessions(engine)
+        wal = path.with_name("c.db-wal")
+        sizes = []
+        for _ in range(3):
+            for i in range(400):
+                await db.write(sessions, _insert, i)
+            sizes.append(wal.stat().st_size)
+        assert len(await db.read(sessions, _values)) == 1200
+    finally:
+        await engine.dispose()
+    # Without checkpoints every commit appends at least one page: the WAL would grow with each round.
+    assert sizes[2] <= sizes[0] * 1.2, sizes
