@@ -16,9 +16,11 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 import structlog
-from sqlalchemy import select, update
+from sqlalchemy import Connection, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import Session
 
+from cloud import db
 from cloud.auth.errors import BadCredentials, Conflict, TooManyAttempts
 from cloud.auth.passwords import hash_password, needs_rehash, verify_password
 from cloud.auth.permissions import Principal, Role
@@ -198,14 +200,9 @@ class AuthService:
                 return principal
             del self._checked[token_hash]
         generation = self._generation
-        async with self.read_sessions() as session:
-            found = (
-                await session.execute(
-                    select(TokenRow, UserRow)
-                    .join(UserRow, UserRow.id == TokenRow.user_id)
-                    .where(TokenRow.token_hash == token_hash)
-                )
-            ).first()
+        # On every request whose token this instance has not checked in the last second: one read
+        # transaction in one step (cloud.db.read), not a session's round trips.
+        found = await db.read(self.sessions, _token_and_user, token_hash)
         if found is None:
             return None
         row, user = found
@@ -341,3 +338,10 @@ class AuthService:
             shown["password"] = "changed"
         await self.audit("user_updated", username=by.username, detail=f"{name} {shown}")
         return row
+
+
+def _token_and_user(conn: Connection, token_hash: str) -> tuple[TokenRow, UserRow] | None:
+    with Session(bind=conn) as session:
+        query = select(TokenRow, UserRow).join(UserRow, UserRow.id == TokenRow.user_id)
+        found = session.execute(query.where(TokenRow.token_hash == token_hash)).first()
+    return None if found is None else (found[0], found[1])
