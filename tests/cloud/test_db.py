@@ -12,12 +12,12 @@ import random
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 from sqlalchemy import Connection, text
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from cloud import CloudSettings, db
 from cloud.db import ReadOnlySessionError, make_engine, make_sessions
@@ -86,6 +86,18 @@ async def test_writers_cancelled_at_random_points_leave_the_write_lock_free(tmp_
     assert all(isinstance(e, asyncio.CancelledError) for e in kept)
 
 
+@contextlib.asynccontextmanager
+async def table_t(url: str) -> AsyncIterator[tuple[AsyncEngine, async_sessionmaker[AsyncSession]]]:
+    """An engine on ``url`` with a table ``t (v INTEGER)``, disposed at the end."""
+    engine = make_engine(CloudSettings(database_url=url))
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text("CREATE TABLE t (v INTEGER)"))
+        yield engine, make_sessions(engine)
+    finally:
+        await engine.dispose()
+
+
 def _insert(conn: Connection, v: int, *, fail: bool = False) -> int:
     conn.execute(text("INSERT INTO t (v) VALUES (:v)"), {"v": v})
     if fail:
@@ -100,11 +112,7 @@ def _values(conn: Connection) -> list[int]:
 @pytest.mark.parametrize("where", ["file", "memory"])
 async def test_write_and_read_run_whole_transactions(tmp_path: Path, where: str) -> None:
     url = f"sqlite+aiosqlite:///{tmp_path / 'c.db'}" if where == "file" else "sqlite+aiosqlite:///:memory:"
-    engine = make_engine(CloudSettings(database_url=url))
-    try:
-        async with engine.begin() as conn:
-            await conn.execute(text("CREATE TABLE t (v INTEGER)"))
-        sessions = make_sessions(engine)
+    async with table_t(url) as (_engine, sessions):
         await db.write(sessions, _insert, 1)
         with pytest.raises(ValueError, match="refused"):
             await db.write(sessions, _insert, 2, fail=True)
@@ -112,17 +120,11 @@ async def test_write_and_read_run_whole_transactions(tmp_path: Path, where: str)
         with pytest.raises(ReadOnlySessionError):
             await db.read(sessions, _insert, 3)
         assert await db.read(sessions, _values) == [1]
-    finally:
-        await engine.dispose()
 
 
 async def test_write_waits_for_an_async_writer_and_for_another_process_off_the_loop(tmp_path: Path) -> None:
     path = tmp_path / "c.db"
-    engine = make_engine(CloudSettings(database_url=f"sqlite+aiosqlite:///{path}"))
-    try:
-        async with engine.begin() as conn:
-            await conn.execute(text("CREATE TABLE t (v INTEGER)"))
-        sessions = make_sessions(engine)
+    async with table_t(f"sqlite+aiosqlite:///{path}") as (engine, sessions):
         # An async session holds the write lock: db.write queues behind it (no "database is locked"
         # from SQLite's busy handler) and commits after it.
         async with sessions() as session, session.begin():
@@ -161,8 +163,6 @@ async def test_write_waits_for_an_async_writer_and_for_another_process_off_the_l
         await asyncio.wait_for(after, 5)
         assert await db.read(sessions, _values) == [1, 2, 3, 4, 5]
         assert not lock.locked()
-    finally:
-        await engine.dispose()
 
 
 async def test_the_loops_own_connection_leaves_checkpoints_to_a_thread_and_the_wal_stays_bounded(
@@ -173,11 +173,7 @@ async def test_the_loops_own_connection_leaves_checkpoints_to_a_thread_and_the_w
     bounded WAL rather than one that grows with every command."""
     monkeypatch.setattr(db, "CHECKPOINT_EVERY", 50)
     path = tmp_path / "c.db"
-    engine = make_engine(CloudSettings(database_url=f"sqlite+aiosqlite:///{path}"))
-    try:
-        async with engine.begin() as conn:
-            await conn.execute(text("CREATE TABLE t (v INTEGER)"))
-        sessions = make_sessions(engine)
+    async with table_t(f"sqlite+aiosqlite:///{path}") as (_engine, sessions):
         wal = path.with_name("c.db-wal")
         sizes = []
         for _ in range(3):
@@ -185,7 +181,5 @@ async def test_the_loops_own_connection_leaves_checkpoints_to_a_thread_and_the_w
                 await db.write(sessions, _insert, i)
             sizes.append(wal.stat().st_size)
         assert len(await db.read(sessions, _values)) == 1200
-    finally:
-        await engine.dispose()
     # Without checkpoints every commit appends at least one page: the WAL would grow with each round.
     assert sizes[2] <= sizes[0] * 1.2, sizes
