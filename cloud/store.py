@@ -9,6 +9,8 @@ import sqlite3
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
+from itertools import chain
 from operator import attrgetter
 from typing import Any
 
@@ -396,11 +398,42 @@ class _Statements:
         except sqlite3.Error as exc:
             raise _StatementError(sql, exc) from exc
 
+    def insert(self, head: str, width: int, rows: list[tuple[Any, ...]], end: str = "") -> None:
+        """``head`` + a ``VALUES`` tuple for each of ``rows`` (``width`` values each) + ``end``, in
+        statements of many rows each instead of ``executemany``.
+
+        sqlite3 gives the interpreter lock back around each step. While another thread holds it (the
+        parse of the next batches), getting it back waits up to a switch interval: with a step per row
+        that starved SQLite of its own thread. A statement of 1,024 rows is one step and costs no more
+        SQLite work than 1,024 single-row ones. The statements' sizes are powers of two, so their few
+        texts stay in sqlite3's statement cache."""
+        most = min(_MAX_ROWS, self.conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // width)
+        start = 0
+        while start < len(rows):
+            size = min(most, 1 << ((len(rows) - start).bit_length() - 1))
+            chunk = rows[start : start + size]
+            start += size
+            sql = _values_sql(head, width, size, end)
+            params = list(chain.from_iterable(chunk))
+            try:
+                self.conn.execute(sql, params).close()
+            except sqlite3.Error as exc:
+                raise _StatementError(sql, exc) from exc
+
+
+_MAX_ROWS = 1024
+
+
+@lru_cache(maxsize=64)
+def _values_sql(head: str, width: int, rows: int, end: str) -> str:
+    one = f"({', '.join('?' * width)})"
+    return f"{head}{', '.join([one] * rows)}{end}"
+
 
 _SQLITE_EXISTING = "SELECT id FROM events WHERE id IN (SELECT value FROM json_each(?))"
-_SQLITE_INSERT = (  # stored_at last: a prepared row gets it by one tuple concatenation
+_SQLITE_INSERT = (
     "INSERT INTO events (id, site_id, gateway_id, seq, device_id, type, severity, ts, received_at,"
-    " location, data, stored_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " location, data, stored_at) VALUES "
 )
 
 
@@ -439,11 +472,11 @@ def _store_group_sqlite(
     (:func:`_touch_row`), then store ``batches`` in order, ``stamp`` being the time as stored. Answers,
     per batch, the ids it inserted (None: all of them).
 
-    One statement of each kind for the whole group where order allows: one look-up of the ids already
-    stored, one insert of the new rows, one read of the devices' states, one update of those that
-    changed, one insert of the readings. That ends as the batches stored one after the other would: an
-    id is new in the first batch that holds it only, and each batch's device changes are merged into the
-    state the batches before it left (kept here, as nothing else writes in this transaction)."""
+    The whole group at once: one look-up of the ids already stored, the new rows inserted many to a
+    statement, one read of the devices' states, one update of those that changed, the readings many
+    to a statement. That ends as the batches stored one after the other would: an id is new in the first
+    batch that holds it only, and each batch's device changes are merged into the state the batches
+    before it left (kept here, as nothing else writes in this transaction)."""
     db = _Statements(conn)
     for gateway_id, site_id, skew, skewed in touches:
         db.execute(_SQLITE_TOUCH_SITE, (site_id, stamp, stamp))
@@ -451,15 +484,15 @@ def _store_group_sqlite(
     if not batches:
         return []
     ids = [i for _, prepared in batches for i in prepared.by_id]
-    seen = {row[0] for row in db.fetchall(_SQLITE_EXISTING, (json.dumps(ids),))}
-    stored_at = (stamp,)
+    seen = {row[0] for row in db.fetchall(_SQLITE_EXISTING, (_json(ids),))}
     rows: list[tuple[Any, ...]] = []
+    stored_at = (stamp,)
     inserted: list[list[str] | None] = []
     changes = []  # per batch with new events: (batch, its devices, latest, readings)
     for batch, prepared in batches:
-        by_id, prepared_rows = prepared.by_id, prepared.rows
+        by_id = prepared.by_id
         if seen.isdisjoint(by_id):  # the usual case: nothing was stored before
-            rows += [prepared_rows[i] + stored_at for i in by_id]
+            rows += [r + stored_at for r in prepared.rows.values()]
             seen.update(by_id)
             inserted.append(None)
             changes.append((batch, prepared.devices, prepared.latest, prepared.readings))
@@ -468,13 +501,13 @@ def _store_group_sqlite(
         seen.update(new_ids)
         inserted.append(new_ids)
         if new_ids:
-            rows += [prepared_rows[i] + stored_at for i in new_ids]
+            rows += [prepared.rows[i] + stored_at for i in new_ids]
             new_set = set(new_ids)
             new_events = [by_id[i] for i in prepared.order if i in new_set]
             latest, readings = _device_changes(new_events)
             changes.append((batch, sorted({e.device_id for e in new_events}), latest, readings))
     if rows:
-        db.executemany(_SQLITE_INSERT, rows)
+        db.insert(_SQLITE_INSERT, 12, rows)
     if changes:
         _apply_to_devices_sqlite(db, changes, stamp)
     return inserted
@@ -491,12 +524,13 @@ def _apply_to_devices_sqlite(
     states: dict[str, dict[str, Any]] = {}  # device -> its state in this transaction
 
     def read_states(device_ids: list[str]) -> None:
-        # What the JSON column type would give: json.loads of the stored text, {} for NULL or null.
-        rows = db.fetchall(_DEVICE_STATES_SQLITE, (json.dumps(device_ids),))
-        states.update((i, (json.loads(state) if state is not None else None) or {}) for i, state in rows)
+        # One row, [[id, state text], ...]: a row per device would be a step per device. What the JSON
+        # column type would give: json.loads of the stored text, {} for NULL or null.
+        [(found,)] = db.fetchall(_DEVICE_STATES_SQLITE, (_json(device_ids),))
+        for i, state in json.loads(found):
+            states[i] = (json.loads(state) if state is not None else None) or {}
 
-    unread = sorted({d for _, devices, _, _ in changes for d in devices})
-    read_states(unread)
+    read_states(sorted({d for _, devices, _, _ in changes for d in devices}))
     changed: dict[str, dict[str, Any]] = {}
     readings: list[Any] = []
     for batch, devices, latest, batch_readings in changes:
@@ -513,9 +547,10 @@ def _apply_to_devices_sqlite(
                 states[device_id] = changed[device_id] = state
         readings += batch_readings
     if changed:
-        db.executemany(_DEVICE_STATE_SQLITE, [(json.dumps(s), stamp, d) for d, s in changed.items()])
+        update = [(d, json.dumps(s)) for d, s in changed.items()]
+        db.execute(_DEVICE_STATE_SQLITE, (_json(update), stamp))
     if readings:
-        db.executemany(_READINGS_INSERT_SQLITE, readings)
+        db.insert(_READINGS_INSERT_SQLITE, 4, readings, _READINGS_CONFLICT)
 
 
 _PG_INSERT = text(
@@ -555,19 +590,22 @@ async def _insert_events_pg(
     return list(result.scalars())
 
 
-_DEVICE_STATE_SQLITE = "UPDATE devices SET state = ?, updated_at = ? WHERE id = ?"
-_DEVICE_STATE_PG = "UPDATE devices SET state = $1::json, updated_at = $2 WHERE id = $3"
-_READINGS_INSERT_SQLITE = (
-    "INSERT INTO readings (device_id, point, ts_ms, value) VALUES (?, ?, ?, ?)"
-    " ON CONFLICT (device_id, point, ts_ms) DO NOTHING"
+_DEVICE_STATE_SQLITE = (  # ?1: [[id, state JSON text], ...]
+    "UPDATE devices SET state = u.value ->> 1, updated_at = ?2 FROM json_each(?1) AS u"
+    " WHERE devices.id = u.value ->> 0"
 )
+_DEVICE_STATE_PG = "UPDATE devices SET state = $1::json, updated_at = $2 WHERE id = $3"
+_READINGS_INSERT_SQLITE = "INSERT INTO readings (device_id, point, ts_ms, value) VALUES "
+_READINGS_CONFLICT = " ON CONFLICT (device_id, point, ts_ms) DO NOTHING"
 _READINGS_INSERT_PG = (
     "INSERT INTO readings (device_id, point, ts_ms, value) VALUES ($1, $2, $3, $4)"
     " ON CONFLICT (device_id, point, ts_ms) DO NOTHING"
 )
 
 
-_DEVICE_STATES_SQLITE = "SELECT id, state FROM devices WHERE id IN (SELECT value FROM json_each(?))"
+_DEVICE_STATES_SQLITE = (
+    "SELECT json_group_array(json_array(id, state)) FROM devices WHERE id IN (SELECT value FROM json_each(?))"
+)
 # A device first heard of in its events, as the ORM insert of _apply_to_devices_pg writes it on SQLite.
 _DEVICE_INSERT_SQLITE = (
     "INSERT INTO devices (id, site_id, gateway_id, kind, model, state, online, updated_at)"

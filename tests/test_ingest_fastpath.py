@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import sqlite3
 import threading
 from collections.abc import AsyncIterator
@@ -402,6 +403,33 @@ async def test_group_ends_as_its_batches_stored_one_by_one(tmp_path: Path, kind:
 async def _rows(db: Db, sql: str) -> list[tuple[Any, ...]]:
     async with db.sessions() as session:
         return [tuple(r) for r in (await session.execute(text(sql))).all()]
+
+
+async def test_readings_of_any_point_name_and_value_are_stored_as_given(tmp_path: Path) -> None:
+    """Readings reach SQLite as one JSON text: names that need escaping, big and small numbers, and
+    the infinities (which SQLite's JSON cannot hold, so their rows go one by one) store as bound."""
+    now = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
+    odd = {'a"b\\c': 1.5, "\u0001名": -2, "big": 2**53 + 1, "tiny": 5e-324, "e": 1e300}
+    batches = [
+        make_batch([make_event("meter-1", "meter.reading", 1, odd, ts=now)]),
+        make_batch([make_event("meter-2", "meter.reading", 2, {"up": math.inf, "down": -math.inf}, ts=now)]),
+    ]
+    async with _two_databases(tmp_path) as (fast, reference):
+        for batch in batches:
+            async with fast.sessions() as session, session.begin():
+                await store.ingest_batch(session, batch, now)
+            async with reference.sessions() as session, session.begin():
+                await store.touch_batch_gateway(session, batch, now)
+                [e] = batch.events
+                ts_ms = int(e.ts.timestamp() * 1000)
+                rows = [
+                    {"device_id": e.device_id, "point": p, "ts_ms": ts_ms, "value": v}
+                    for p, v in numeric_points(e.data).items()
+                ]
+                await session.execute(insert(Reading), rows)
+        sql = "SELECT device_id, point, ts_ms, value, typeof(value) FROM readings ORDER BY device_id, point"
+        assert _raw(fast, sql) == _raw(reference, sql)
+        assert len(_raw(fast, sql)) == 7
 
 
 async def test_new_device_row_is_what_the_orm_insert_writes(tmp_path: Path) -> None:
