@@ -6,6 +6,7 @@
     python -m bench.bench_drain --postgres           # store in PostgreSQL 127.0.0.1:5432/test
     python -m bench.bench_drain --cloud trivial      # analysis: gateway + broker only (no store)
     python -m bench.bench_drain --profile-cloud cloud.prof   # analysis: cProfile of the cloud process
+    python -m bench.bench_drain --uvloop             # the cloud process on uvloop's event loop
 
 Topology. By default as deployed: the gateway (this process), the broker (Mosquitto, its own process;
 the embedded amqtt broker in this process if Mosquitto is not installed) and the cloud service (its
@@ -159,19 +160,23 @@ def _main_thread_cpu_s(pid: int) -> float:
 
 
 async def _cloud_process(
-    settings: Any, ready: asyncio.Event, pids: dict[str, int], profile: Path | None = None
+    settings: Any,
+    ready: asyncio.Event,
+    pids: dict[str, int],
+    profile: Path | None = None,
+    uvloop: bool = False,
 ) -> None:
     """``--cloud process`` (the default): the same cloud service in its own Python process, as deployed:
     the gateway and the cloud do not share one interpreter lock. ``profile``: run it under cProfile and
-    write the stats there when it is stopped."""
+    write the stats there when it is stopped. ``uvloop``: its event loop is uvloop's."""
+    run = "uvloop.run" if uvloop else "asyncio.run"
     code = (
-        "import asyncio, sys\n"
-        "from cloud.main import serve\n"
+        "import asyncio, sys\n" + ("import uvloop\n" if uvloop else "") + "from cloud.main import serve\n"
         "from cloud.settings import CloudSettings\n"
         "from steward.logging import configure_logging\n"
         "configure_logging('ERROR')\n"
         + (_PROFILED if profile else "")
-        + "asyncio.run(serve(CloudSettings.model_validate_json(sys.argv[1])))\n"
+        + f"{run}(serve(CloudSettings.model_validate_json(sys.argv[1])))\n"
     )
     args = [settings.model_dump_json(), *([str(profile)] if profile else [])]
     proc = await asyncio.create_subprocess_exec(sys.executable, "-c", code, *args)
@@ -216,6 +221,8 @@ async def _run(
     cloud_kind: str = "process",
     pg_url: str | None = None,
     profile: Path | None = None,
+    *,
+    uvloop: bool = False,
 ) -> None:
     from cloud.main import serve
     from cloud.settings import CloudSettings
@@ -284,7 +291,7 @@ async def _run(
                 if cloud_kind == "trivial":
                     cloud = tg.create_task(_trivial_acker(port, ready))
                 elif cloud_kind == "process":
-                    cloud = tg.create_task(_cloud_process(settings, ready, pids, profile))
+                    cloud = tg.create_task(_cloud_process(settings, ready, pids, profile, uvloop))
                 else:
                     cloud = tg.create_task(serve(settings, ready=ready))
                 await asyncio.wait_for(ready.wait(), 30)
@@ -323,7 +330,7 @@ async def _run(
         broker_where = (
             "Mosquitto, its own process" if broker_kind == "mosquitto" else "amqtt, in the gateway's process"
         )
-        print(f"topology: gateway process; broker: {broker_where}; {where}")
+        print(f"topology: gateway process; broker: {broker_where}; {where}{' on uvloop' if uvloop else ''}")
         print(f"store: {'postgresql' if pg_url else 'sqlite'}")
         print(f"end to end: {n:,} events in {elapsed:.1f} s = {rate:,.0f} events/s (goal >= {GOAL_RATE:,})")
         print(
@@ -374,9 +381,16 @@ def main() -> None:
         help="with --cloud process: profile the cloud process with cProfile, stats written to FILE "
         "(python -m pstats FILE); its CPU figure then includes the profiler's overhead",
     )
+    parser.add_argument(
+        "--uvloop",
+        action="store_true",
+        help="with --cloud process: run the cloud process on uvloop's event loop (uvloop must be installed)",
+    )
     args = parser.parse_args()
     if args.profile_cloud and args.cloud != "process":
         parser.error("--profile-cloud needs --cloud process")
+    if args.uvloop and args.cloud != "process":
+        parser.error("--uvloop needs --cloud process")
     configure_logging("ERROR")
     if args.broker is None:
         args.broker = "mosquitto" if shutil.which("mosquitto") else "embedded"
@@ -384,7 +398,8 @@ def main() -> None:
             print("mosquitto is not installed: the embedded broker runs in the gateway's process")
     if args.broker == "mosquitto" and not shutil.which("mosquitto"):
         raise SystemExit("mosquitto is not installed")
-    asyncio.run(_run(args.events, args.broker, args.cloud, args.postgres, args.profile_cloud))
+    run = _run(args.events, args.broker, args.cloud, args.postgres, args.profile_cloud, uvloop=args.uvloop)
+    asyncio.run(run)
 
 
 if __name__ == "__main__":

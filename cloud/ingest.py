@@ -238,18 +238,13 @@ class Ingest:
             await self._after_commit(item.topics, item.batch, outcome, item.started)
 
     async def _commit(self, group: list[_Parsed]) -> list[store.BatchOutcome]:
-        now = utcnow()
-        skew = self.settings.max_clock_skew_s
-        # Each gateway's row is upserted once per transaction, with its latest batch's clock skew, and
-        # before any batch's devices (which reference it).
-        latest = {(item.batch.site_id, item.batch.gateway_id): item.batch for item in group}
         async with self.sessions() as session, session.begin():
-            for batch in latest.values():
-                await store.touch_batch_gateway(session, batch, now, skew)
-            return [
-                await store.ingest_batch(session, item.batch, now, skew, touch=False, prepared=item.prepared)
-                for item in group
-            ]
+            return await store.ingest_group(
+                session,
+                [(item.batch, item.prepared) for item in group],
+                utcnow(),
+                self.settings.max_clock_skew_s,
+            )
 
     def _store_failed(self, item: _Parsed, exc: Exception) -> None:
         gateway, topic = item.topics.gateway_id, item.topics.events

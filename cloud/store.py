@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
+from itertools import chain
 from operator import attrgetter
 from typing import Any
 
@@ -79,45 +81,101 @@ async def ingest_batch(
 ) -> BatchOutcome:
     """Insert every event once (insert-or-ignore on the ULID) and apply the new ones to device state.
 
-    The hot path of a backlog drain. Rows go to the driver as plain tuples in one statement per
-    batch (no per-row SQLAlchemy compilation or type processing): on SQLite the ids already stored
-    are read first — safe because every SQLite transaction here holds the write lock from
-    ``BEGIN IMMEDIATE`` (cloud/db.py) — and only the new rows are inserted with ``executemany``;
-    on PostgreSQL one ``INSERT ... SELECT FROM unnest(...) ON CONFLICT DO NOTHING RETURNING id``
-    answers which rows were new even with several cloud instances inserting concurrently.
-
-    ``touch=False``: the caller already ran :func:`touch_batch_gateway` in this transaction for a
-    batch of the same gateway (group commit touches each gateway once, with its latest batch).
-    ``prepared``: :func:`prepare_batch` of this batch for this session's dialect, if the caller made it
-    already (ingest does, before the transaction); else it is made here.
+    :func:`ingest_group` of one batch. ``touch=False``: the caller already ran
+    :func:`touch_batch_gateway` in this transaction for a batch of the same gateway. ``prepared``:
+    :func:`prepare_batch` of this batch, if the caller made it already; else it is made here.
     """
-    skew = (batch.sent_at - now).total_seconds()
-    if touch:
-        await touch_batch_gateway(session, batch, now, max_skew_s)
-    pg = _dialect(session) == "postgresql"
-    if prepared is None or prepared.sqlite == pg:
-        prepared = prepare_batch(batch, sqlite=not pg)
-    by_id = prepared.by_id
-    if pg:
-        inserted = await _insert_events_pg(session, batch, list(by_id.values()), now)
-        db = None
-    else:
-        db = await _SqliteDriver.of(session)
-        inserted = await _insert_events_sqlite(db, prepared, now)
-    if len(inserted) == len(by_id):  # the usual case: nothing was stored before
-        new_events = [by_id[i] for i in prepared.order]
-        latest, readings = prepared.latest, prepared.readings
-    else:
-        new_ids = set(inserted)
-        new_events = [by_id[i] for i in prepared.order if i in new_ids]
-        latest, readings = _device_changes(new_events)
-    await _apply_to_devices(session, batch, new_events, now, db=db, latest=latest, readings=readings)
-    return BatchOutcome(
-        stored=len(inserted),
-        duplicates=len(batch.events) - len(inserted),
-        new_events=new_events,
-        clock_skew_s=skew,
+    [outcome] = await ingest_group(session, [(batch, prepared)], now, max_skew_s, touch=touch)
+    return outcome
+
+
+async def ingest_group(
+    session: AsyncSession,
+    batches: Sequence[tuple[EventBatch, PreparedBatch | None]],
+    now: datetime,
+    max_skew_s: float = 120.0,
+    *,
+    touch: bool = True,
+) -> list[BatchOutcome]:
+    """Store several batches in the session's transaction, in order, as :func:`ingest_batch` would one
+    after the other: the hot path of a backlog drain (ingest's group commit).
+
+    ``touch``: first upsert each gateway once, with the clock skew of its latest batch, before any
+    batch's devices (which reference it). Each batch comes with its :func:`prepare_batch`, or None to
+    have it made here.
+
+    Rows go to the driver as plain tuples (no per-row SQLAlchemy compilation or type processing). On
+    SQLite the ids already stored are read first — safe because every SQLite transaction here holds the
+    write lock from ``BEGIN IMMEDIATE`` (cloud/db.py) — and only the new rows are inserted; the whole
+    group's statements run in one hand-off to aiosqlite's thread (:func:`_store_group_sqlite`). On
+    PostgreSQL one ``INSERT ... SELECT FROM unnest(...) ON CONFLICT DO NOTHING RETURNING id`` per batch
+    answers which rows were new even with several cloud instances inserting concurrently.
+    """
+    if _dialect(session) == "postgresql":
+        return await _ingest_group_pg(session, batches, now, max_skew_s, touch=touch)
+    work = [(b, p if p is not None and p.sqlite else prepare_batch(b)) for b, p in batches]
+    touches = (
+        [_touch_row(b, max_skew_s, now) for b in _latest_per_gateway(b for b, _ in work)] if touch else []
     )
+    db = await _SqliteDriver.of(session)
+    inserted = await db.run(_store_group_sqlite, touches, work, _sqlite_ts(now))
+    outcomes = []
+    for (batch, prepared), new_ids in zip(work, inserted, strict=True):
+        by_id = prepared.by_id
+        if new_ids is None:  # the usual case: nothing was stored before
+            new_events = [by_id[i] for i in prepared.order]
+        else:
+            new_set = set(new_ids)
+            new_events = [by_id[i] for i in prepared.order if i in new_set]
+        outcomes.append(
+            BatchOutcome(
+                stored=len(new_events),
+                duplicates=len(batch.events) - len(new_events),
+                new_events=new_events,
+                clock_skew_s=(batch.sent_at - now).total_seconds(),
+            )
+        )
+    return outcomes
+
+
+def _latest_per_gateway(batches: Iterable[EventBatch]) -> Iterable[EventBatch]:
+    """Each gateway's last batch, in the order the gateways first appear."""
+    return {(b.site_id, b.gateway_id): b for b in batches}.values()
+
+
+async def _ingest_group_pg(
+    session: AsyncSession,
+    batches: Sequence[tuple[EventBatch, PreparedBatch | None]],
+    now: datetime,
+    max_skew_s: float,
+    *,
+    touch: bool,
+) -> list[BatchOutcome]:
+    if touch:
+        for batch in _latest_per_gateway(b for b, _ in batches):
+            await touch_batch_gateway(session, batch, now, max_skew_s)
+    outcomes = []
+    for batch, given in batches:
+        prepared = given or prepare_batch(batch, sqlite=False)  # SQLite's rows too are no harm
+        by_id = prepared.by_id
+        inserted = await _insert_events_pg(session, batch, list(by_id.values()), now)
+        if len(inserted) == len(by_id):  # the usual case: nothing was stored before
+            new_events = [by_id[i] for i in prepared.order]
+            latest, readings = prepared.latest, prepared.readings
+        else:
+            new_ids = set(inserted)
+            new_events = [by_id[i] for i in prepared.order if i in new_ids]
+            latest, readings = _device_changes(new_events)
+        await _apply_to_devices_pg(session, batch, new_events, now, latest=latest, readings=readings)
+        outcomes.append(
+            BatchOutcome(
+                stored=len(inserted),
+                duplicates=len(batch.events) - len(inserted),
+                new_events=new_events,
+                clock_skew_s=(batch.sent_at - now).total_seconds(),
+            )
+        )
+    return outcomes
 
 
 @dataclass(slots=True)
@@ -131,6 +189,7 @@ class PreparedBatch:
     rows: dict[str, tuple[Any, ...]]  # SQLite: each event's row, all columns but stored_at (last)
     latest: dict[str, dict[str, tuple[Any, datetime]]]  # _device_changes of every event
     readings: list[tuple[str, str, int, float]]
+    devices: list[str]  # every event's device, once each, sorted
 
 
 def prepare_batch(batch: EventBatch, *, sqlite: bool = True) -> PreparedBatch:
@@ -145,6 +204,7 @@ def prepare_batch(batch: EventBatch, *, sqlite: bool = True) -> PreparedBatch:
         rows=_sqlite_rows(batch, by_id) if sqlite else {},
         latest=latest,
         readings=readings,
+        devices=sorted({e.device_id for e in ordered}),
     )
 
 
@@ -152,28 +212,29 @@ async def touch_batch_gateway(
     session: AsyncSession, batch: EventBatch, now: datetime, max_skew_s: float = 120.0
 ) -> None:
     """:func:`touch_gateway` for the gateway that sent ``batch``, with the clock skew the batch shows."""
-    skew = (batch.sent_at - now).total_seconds()
-    clock_skew_s, clock_skewed = round(skew, 3), abs(skew) > max_skew_s
     if _dialect(session) == "postgresql":
+        skew = (batch.sent_at - now).total_seconds()
         await touch_gateway(
             session,
             batch.site_id,
             batch.gateway_id,
             now,
-            clock_skew_s=clock_skew_s,
-            clock_skewed=clock_skewed,
+            clock_skew_s=round(skew, 3),
+            clock_skewed=abs(skew) > max_skew_s,
         )
         return
-    # The same two upserts as touch_gateway, as SQLAlchemy would bind them on SQLite (booleans 1/0,
-    # JSON text, naive UTC text), without building and compiling two ORM statements per group commit.
     db = await _SqliteDriver.of(session)
-    stamp = _sqlite_ts(now)
-    await db.execute(_SQLITE_TOUCH_SITE, (batch.site_id, stamp, stamp))
-    await db.execute(
-        _SQLITE_TOUCH_GATEWAY, (batch.gateway_id, batch.site_id, stamp, clock_skew_s, int(clock_skewed))
-    )
+    await db.run(_store_group_sqlite, [_touch_row(batch, max_skew_s, now)], [], _sqlite_ts(now))
 
 
+def _touch_row(batch: EventBatch, max_skew_s: float, now: datetime) -> tuple[str, str, float, int]:
+    """What :data:`_SQLITE_TOUCH_GATEWAY` binds besides the time: (gateway, site, skew, skewed)."""
+    skew = (batch.sent_at - now).total_seconds()
+    return batch.gateway_id, batch.site_id, round(skew, 3), int(abs(skew) > max_skew_s)
+
+
+# The same two upserts as touch_gateway, as SQLAlchemy would bind them on SQLite (booleans 1/0, JSON
+# text, naive UTC text), without building and compiling two ORM statements per group commit.
 _SQLITE_TOUCH_SITE = (
     "INSERT INTO sites (id, name, created_at, updated_at) VALUES (?, NULL, ?, ?) ON CONFLICT (id) DO NOTHING"
 )
@@ -241,10 +302,12 @@ class _SqliteDriver:
     """The aiosqlite connection under a session's transaction, for the statements of a backlog drain.
 
     Through SQLAlchemy's adapter each statement costs several hand-offs to aiosqlite's thread (cursor,
-    execute, fetch, close) and about 250 µs of the event loop's CPU; aiosqlite's own calls need one.
-    Same connection and transaction (``BEGIN IMMEDIATE`` already issued by the session), so atomicity
-    and the write lock are unchanged. Driver errors are raised as SQLAlchemy's, as they were before:
-    ingest counts those as store errors and does not acknowledge the batch."""
+    execute, fetch, close) and about 250 µs of the event loop's CPU. Here a whole group's statements
+    run as one function on that thread (:meth:`run`): each hand-off costs a wake-up of the thread and
+    one of the event loop, each waiting for the interpreter lock, about 185 µs of wall time in the
+    drain. Same connection and transaction (``BEGIN IMMEDIATE`` already issued by the session), so
+    atomicity and the write lock are unchanged. Driver errors are raised as SQLAlchemy's, as they were
+    before: ingest counts those as store errors and does not acknowledge the batch."""
 
     __slots__ = ("conn",)
 
@@ -257,29 +320,103 @@ class _SqliteDriver:
         raw = await connection.get_raw_connection()
         return cls(raw.driver_connection)
 
-    async def execute(self, sql: str, params: Sequence[Any]) -> None:
+    async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(sqlite3_connection, *args)`` on the connection's own thread, in one hand-off; ``fn``
+        sends its statements through :class:`_Statements`."""
         try:
-            await self.conn.execute(sql, params)
-        except sqlite3.Error as exc:
-            raise DBAPIError.instance(sql, params, exc, sqlite3.Error, hide_parameters=True) from exc
+            return await on_sqlite_thread(self.conn, fn, *args)
+        except _StatementError as exc:
+            raise DBAPIError.instance(
+                exc.sql, None, exc.error, sqlite3.Error, hide_parameters=True
+            ) from exc.error
 
-    async def fetchall(self, sql: str, params: Sequence[Any]) -> Any:
-        try:
-            return await self.conn.execute_fetchall(sql, params)
-        except sqlite3.Error as exc:
-            raise DBAPIError.instance(sql, params, exc, sqlite3.Error, hide_parameters=True) from exc
 
-    async def executemany(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+def on_sqlite_thread(conn: Any, fn: Callable[..., Any], *args: Any) -> Awaitable[Any]:
+    """Run ``fn(sqlite3_connection, *args)`` on the thread of the aiosqlite connection ``conn``.
+
+    aiosqlite's public calls hand one statement (or one fetch, or one cursor close) at a time to its
+    thread; a drain's group commit issues tens of them. ``Connection._execute`` (queue a callable, await
+    its result) and ``Connection._conn`` (the sqlite3 connection, raising once closed) are private
+    aiosqlite API, used in this one place only (tests/test_ingest_fastpath.py fails clearly if a new
+    aiosqlite renames them). The callable runs on the same thread and connection as every other
+    statement, so sqlite3's thread check and the order of statements are unchanged."""
+    return conn._execute(fn, conn._conn, *args)  # type: ignore[no-any-return]
+
+
+class _StatementError(Exception):
+    """A sqlite3 error with the statement that raised it, out of :func:`on_sqlite_thread`."""
+
+    def __init__(self, sql: str, error: sqlite3.Error) -> None:
+        super().__init__(sql)
+        self.sql, self.error = sql, error
+
+
+class _Statements:
+    """Statements on the sqlite3 connection, on aiosqlite's thread, each error tagged with its SQL."""
+
+    __slots__ = ("conn",)
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def execute(self, sql: str, params: Sequence[Any]) -> None:
         try:
-            await self.conn.executemany(sql, rows)
+            self.conn.execute(sql, params).close()
         except sqlite3.Error as exc:
-            raise DBAPIError.instance(sql, rows, exc, sqlite3.Error, hide_parameters=True) from exc
+            raise _StatementError(sql, exc) from exc
+
+    def fetchall(self, sql: str, params: Sequence[Any]) -> list[Any]:
+        try:
+            cursor = self.conn.execute(sql, params)
+            try:
+                return cursor.fetchall()
+            finally:
+                cursor.close()
+        except sqlite3.Error as exc:
+            raise _StatementError(sql, exc) from exc
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        try:
+            self.conn.executemany(sql, rows).close()
+        except sqlite3.Error as exc:
+            raise _StatementError(sql, exc) from exc
+
+    def insert(self, head: str, width: int, rows: list[tuple[Any, ...]], end: str = "") -> None:
+        """``head`` + a ``VALUES`` tuple for each of ``rows`` (``width`` values each) + ``end``, in
+        statements of many rows each instead of ``executemany``.
+
+        sqlite3 gives the interpreter lock back around each step. While another thread holds it (the
+        parse of the next batches), getting it back waits up to a switch interval: with a step per row
+        that starved SQLite of its own thread. A statement of 1,024 rows is one step and costs no more
+        SQLite work than 1,024 single-row ones. The statements' sizes are powers of two, so their few
+        texts stay in sqlite3's statement cache."""
+        most = min(_MAX_ROWS, self.conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // width)
+        start = 0
+        while start < len(rows):
+            size = min(most, 1 << ((len(rows) - start).bit_length() - 1))
+            chunk = rows[start : start + size]
+            start += size
+            sql = _values_sql(head, width, size, end)
+            params = list(chain.from_iterable(chunk))
+            try:
+                self.conn.execute(sql, params).close()
+            except sqlite3.Error as exc:
+                raise _StatementError(sql, exc) from exc
+
+
+_MAX_ROWS = 1024
+
+
+@lru_cache(maxsize=64)
+def _values_sql(head: str, width: int, rows: int, end: str) -> str:
+    one = f"({', '.join('?' * width)})"
+    return f"{head}{', '.join([one] * rows)}{end}"
 
 
 _SQLITE_EXISTING = "SELECT id FROM events WHERE id IN (SELECT value FROM json_each(?))"
-_SQLITE_INSERT = (  # stored_at last: a prepared row gets it by one tuple concatenation
+_SQLITE_INSERT = (
     "INSERT INTO events (id, site_id, gateway_id, seq, device_id, type, severity, ts, received_at,"
-    " location, data, stored_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " location, data, stored_at) VALUES "
 )
 
 
@@ -308,16 +445,95 @@ def _sqlite_rows(batch: EventBatch, by_id: dict[str, Event]) -> dict[str, tuple[
     return rows
 
 
-async def _insert_events_sqlite(db: _SqliteDriver, prepared: PreparedBatch, now: datetime) -> list[str]:
-    ids = list(prepared.by_id)
-    existing = {row[0] for row in await db.fetchall(_SQLITE_EXISTING, (json.dumps(ids),))}
-    new_ids = [i for i in ids if i not in existing] if existing else ids
-    if not new_ids:
+def _store_group_sqlite(
+    conn: sqlite3.Connection,
+    touches: list[tuple[str, str, float, int]],
+    batches: list[tuple[EventBatch, PreparedBatch]],
+    stamp: str,
+) -> list[list[str] | None]:
+    """On aiosqlite's thread, in the session's transaction: upsert each gateway of ``touches``
+    (:func:`_touch_row`), then store ``batches`` in order, ``stamp`` being the time as stored. Answers,
+    per batch, the ids it inserted (None: all of them).
+
+    The whole group at once: one look-up of the ids already stored, the new rows inserted many to a
+    statement, one read of the devices' states, one update of those that changed, the readings many
+    to a statement. That ends as the batches stored one after the other would: an id is new in the first
+    batch that holds it only, and each batch's device changes are merged into the state the batches
+    before it left (kept here, as nothing else writes in this transaction)."""
+    db = _Statements(conn)
+    for gateway_id, site_id, skew, skewed in touches:
+        db.execute(_SQLITE_TOUCH_SITE, (site_id, stamp, stamp))
+        db.execute(_SQLITE_TOUCH_GATEWAY, (gateway_id, site_id, stamp, skew, skewed))
+    if not batches:
         return []
-    stored_at = (_sqlite_ts(now),)
-    rows = prepared.rows
-    await db.executemany(_SQLITE_INSERT, [rows[i] + stored_at for i in new_ids])
-    return new_ids
+    ids = [i for _, prepared in batches for i in prepared.by_id]
+    seen = {row[0] for row in db.fetchall(_SQLITE_EXISTING, (_json(ids),))}
+    rows: list[tuple[Any, ...]] = []
+    stored_at = (stamp,)
+    inserted: list[list[str] | None] = []
+    changes = []  # per batch with new events: (batch, its devices, latest, readings)
+    for batch, prepared in batches:
+        by_id = prepared.by_id
+        if seen.isdisjoint(by_id):  # the usual case: nothing was stored before
+            rows += [r + stored_at for r in prepared.rows.values()]
+            seen.update(by_id)
+            inserted.append(None)
+            changes.append((batch, prepared.devices, prepared.latest, prepared.readings))
+            continue
+        new_ids = [i for i in by_id if i not in seen]
+        seen.update(new_ids)
+        inserted.append(new_ids)
+        if new_ids:
+            rows += [prepared.rows[i] + stored_at for i in new_ids]
+            new_set = set(new_ids)
+            new_events = [by_id[i] for i in prepared.order if i in new_set]
+            latest, readings = _device_changes(new_events)
+            changes.append((batch, sorted({e.device_id for e in new_events}), latest, readings))
+    if rows:
+        db.insert(_SQLITE_INSERT, 12, rows)
+    if changes:
+        _apply_to_devices_sqlite(db, changes, stamp)
+    return inserted
+
+
+def _apply_to_devices_sqlite(
+    db: _Statements,
+    changes: list[tuple[EventBatch, list[str], dict[str, dict[str, tuple[Any, datetime]]], list[Any]]],
+    stamp: str,
+) -> None:
+    """For each batch in order, its devices' changes (:func:`_device_changes` of its new events) merged
+    into their states; a device no event named before gets a row. Then one update of every device whose
+    state changed and one insert of every reading."""
+    states: dict[str, dict[str, Any]] = {}  # device -> its state in this transaction
+
+    def read_states(device_ids: list[str]) -> None:
+        # One row, [[id, state text], ...]: a row per device would be a step per device. What the JSON
+        # column type would give: json.loads of the stored text, {} for NULL or null.
+        [(found,)] = db.fetchall(_DEVICE_STATES_SQLITE, (_json(device_ids),))
+        for i, state in json.loads(found):
+            states[i] = (json.loads(state) if state is not None else None) or {}
+
+    read_states(sorted({d for _, devices, _, _ in changes for d in devices}))
+    changed: dict[str, dict[str, Any]] = {}
+    readings: list[Any] = []
+    for batch, devices, latest, batch_readings in changes:
+        missing = [d for d in devices if d not in states]
+        if missing:
+            db.executemany(
+                _DEVICE_INSERT_SQLITE, [(d, batch.site_id, batch.gateway_id, stamp) for d in missing]
+            )
+            read_states(missing)
+        for device_id, updates in latest.items():
+            before = states[device_id]
+            state = merge_latest(before, updates)
+            if state != before:
+                states[device_id] = changed[device_id] = state
+        readings += batch_readings
+    if changed:
+        update = [(d, json.dumps(s)) for d, s in changed.items()]
+        db.execute(_DEVICE_STATE_SQLITE, (_json(update), stamp))
+    if readings:
+        db.insert(_READINGS_INSERT_SQLITE, 4, readings, _READINGS_CONFLICT)
 
 
 _PG_INSERT = text(
@@ -357,19 +573,27 @@ async def _insert_events_pg(
     return list(result.scalars())
 
 
-_DEVICE_STATE_SQLITE = "UPDATE devices SET state = ?, updated_at = ? WHERE id = ?"
-_DEVICE_STATE_PG = "UPDATE devices SET state = $1::json, updated_at = $2 WHERE id = $3"
-_READINGS_INSERT_SQLITE = (
-    "INSERT INTO readings (device_id, point, ts_ms, value) VALUES (?, ?, ?, ?)"
-    " ON CONFLICT (device_id, point, ts_ms) DO NOTHING"
+_DEVICE_STATE_SQLITE = (  # ?1: [[id, state JSON text], ...]
+    "UPDATE devices SET state = u.value ->> 1, updated_at = ?2 FROM json_each(?1) AS u"
+    " WHERE devices.id = u.value ->> 0"
 )
+_DEVICE_STATE_PG = "UPDATE devices SET state = $1::json, updated_at = $2 WHERE id = $3"
+_READINGS_INSERT_SQLITE = "INSERT INTO readings (device_id, point, ts_ms, value) VALUES "
+_READINGS_CONFLICT = " ON CONFLICT (device_id, point, ts_ms) DO NOTHING"
 _READINGS_INSERT_PG = (
     "INSERT INTO readings (device_id, point, ts_ms, value) VALUES ($1, $2, $3, $4)"
     " ON CONFLICT (device_id, point, ts_ms) DO NOTHING"
 )
 
 
-_DEVICE_STATES_SQLITE = "SELECT id, state FROM devices WHERE id IN (SELECT value FROM json_each(?))"
+_DEVICE_STATES_SQLITE = (
+    "SELECT json_group_array(json_array(id, state)) FROM devices WHERE id IN (SELECT value FROM json_each(?))"
+)
+# A device first heard of in its events, as the ORM insert of _apply_to_devices_pg writes it on SQLite.
+_DEVICE_INSERT_SQLITE = (
+    "INSERT INTO devices (id, site_id, gateway_id, kind, model, state, online, updated_at)"
+    " VALUES (?, ?, ?, 'unknown', '', '{}', 1, ?) ON CONFLICT (id) DO NOTHING"
+)
 
 
 def _device_changes(
@@ -397,20 +621,18 @@ def _device_changes(
     return latest, readings
 
 
-async def _apply_to_devices(
+async def _apply_to_devices_pg(
     session: AsyncSession,
     batch: EventBatch,
     events: list[Event],
     now: datetime,
     *,
-    db: _SqliteDriver | None,
     latest: dict[str, dict[str, tuple[Any, datetime]]],
     readings: list[tuple[str, str, int, float]],
 ) -> None:
     """One SELECT for the batch's devices, one UPDATE per device whose state changed, and every
     reading of the batch in one ``executemany``. ``events`` are in (ts, seq) order; ``latest`` and
-    ``readings`` are their :func:`_device_changes`. ``db``: the session's SQLite connection (None on
-    PostgreSQL)."""
+    ``readings`` are their :func:`_device_changes`."""
     if not events:
         return
     device_ids = sorted({e.device_id for e in events})
@@ -418,12 +640,8 @@ async def _apply_to_devices(
     # Columns, not ORM objects: always what the transaction sees now (several batches may share one
     # transaction and session), and nothing for the unit of work to track.
     async def states_now() -> dict[str, dict[str, Any]]:
-        if db is None:
-            query = select(Device.id, Device.state).where(Device.id.in_(device_ids))
-            return {i: state or {} for i, state in (await session.execute(query)).all()}
-        # What the JSON column type would give: json.loads of the stored text, {} for NULL or null.
-        rows = await db.fetchall(_DEVICE_STATES_SQLITE, (json.dumps(device_ids),))
-        return {i: (json.loads(state) if state is not None else None) or {} for i, state in rows}
+        query = select(Device.id, Device.state).where(Device.id.in_(device_ids))
+        return {i: state or {} for i, state in (await session.execute(query)).all()}
 
     existing = await states_now()
     missing = [d for d in device_ids if d not in existing]
@@ -448,7 +666,6 @@ async def _apply_to_devices(
             .on_conflict_do_nothing(index_elements=["id"])
         )
         existing = await states_now()
-    pg = db is None
     changed = []
     for device_id, updates in latest.items():
         before = existing.get(device_id)
@@ -456,13 +673,7 @@ async def _apply_to_devices(
             continue
         state = merge_latest(before, updates)
         if state != before:
-            changed.append((json.dumps(state), now if pg else _sqlite_ts(now), device_id))
-    if db is not None:
-        if changed:  # one executemany for every device of the batch
-            await db.executemany(_DEVICE_STATE_SQLITE, changed)
-        if readings:
-            await db.executemany(_READINGS_INSERT_SQLITE, readings)
-        return
+            changed.append((json.dumps(state), now, device_id))
     conn = await session.connection()
     if changed:
         await conn.exec_driver_sql(_DEVICE_STATE_PG, changed)
