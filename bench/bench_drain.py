@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib.util
 import json
 import os
 import shutil
@@ -387,6 +388,8 @@ def main() -> None:
         help="with --cloud process: run the cloud process on uvloop's event loop (uvloop must be installed)",
     )
     args = parser.parse_args()
+    if args.uvloop and importlib.util.find_spec("uvloop") is None:
+        parser.error("--uvloop needs uvloop, which is not a dependency: .venv/bin/pip install uvloop")
     if args.profile_cloud and args.cloud != "process":
         parser.error("--profile-cloud needs --cloud process")
     if args.uvloop and args.cloud != "process":
