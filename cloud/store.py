@@ -127,15 +127,17 @@ async def ingest_group(
         else:
             new_set = set(new_ids)
             new_events = [by_id[i] for i in prepared.order if i in new_set]
-        outcomes.append(
-            BatchOutcome(
-                stored=len(new_events),
-                duplicates=len(batch.events) - len(new_events),
-                new_events=new_events,
-                clock_skew_s=(batch.sent_at - now).total_seconds(),
-            )
-        )
+        outcomes.append(_outcome(batch, new_events, now))
     return outcomes
+
+
+def _outcome(batch: EventBatch, new_events: list[Event], now: datetime) -> BatchOutcome:
+    return BatchOutcome(
+        stored=len(new_events),
+        duplicates=len(batch.events) - len(new_events),
+        new_events=new_events,
+        clock_skew_s=(batch.sent_at - now).total_seconds(),
+    )
 
 
 def _latest_per_gateway(batches: Iterable[EventBatch]) -> Iterable[EventBatch]:
@@ -167,14 +169,7 @@ async def _ingest_group_pg(
             new_events = [by_id[i] for i in prepared.order if i in new_ids]
             latest, readings = _device_changes(new_events)
         await _apply_to_devices_pg(session, batch, new_events, now, latest=latest, readings=readings)
-        outcomes.append(
-            BatchOutcome(
-                stored=len(inserted),
-                duplicates=len(batch.events) - len(inserted),
-                new_events=new_events,
-                clock_skew_s=(batch.sent_at - now).total_seconds(),
-            )
-        )
+        outcomes.append(_outcome(batch, new_events, now))
     return outcomes
 
 
