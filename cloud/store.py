@@ -208,15 +208,8 @@ async def touch_batch_gateway(
 ) -> None:
     """:func:`touch_gateway` for the gateway that sent ``batch``, with the clock skew the batch shows."""
     if _dialect(session) == "postgresql":
-        skew = (batch.sent_at - now).total_seconds()
-        await touch_gateway(
-            session,
-            batch.site_id,
-            batch.gateway_id,
-            now,
-            clock_skew_s=round(skew, 3),
-            clock_skewed=abs(skew) > max_skew_s,
-        )
+        gateway_id, site_id, skew, skewed = _touch_row(batch, max_skew_s, now)
+        await touch_gateway(session, site_id, gateway_id, now, clock_skew_s=skew, clock_skewed=bool(skewed))
         return
     db = await _SqliteDriver.of(session)
     await db.run(_store_group_sqlite, [_touch_row(batch, max_skew_s, now)], [], _sqlite_ts(now))
