@@ -207,7 +207,21 @@ class _SqliteThreads:
             return result
         # Another process holds SQLite's lock (nothing ran: BEGIN IMMEDIATE is the first statement):
         # wait for it on the writer thread, still holding this instance's lock.
-        job = self._submit_write(self._run, self.engine, fn, args)
+        return await self._on_writer(fn, args)
+
+    async def write_on_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        """As :meth:`write`, always on the writer thread: for a transaction of many milliseconds."""
+        await self.write_lock.take()
+        return await self._on_writer(fn, args)
+
+    async def _on_writer(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+        """``fn`` in a transaction on the writer thread; the caller holds the write lock, which goes back
+        when the transaction has ended."""
+        try:
+            job = self._submit_write(self._run, self.engine, fn, args)
+        except BaseException:
+            self.write_lock.give_back()
+            raise
         try:
             return await asyncio.wrap_future(job)
         finally:
@@ -307,6 +321,28 @@ async def read(
         return await threads.read(_call(fn, kwargs), *args)
     async with engine.execution_options(**{READ_ONLY: True}).begin() as conn:
         return await conn.run_sync(fn, *args, **kwargs)
+
+
+async def write_on_thread(
+    sessions: async_sessionmaker[AsyncSession],
+    fn: Callable[Concatenate[Connection, P], T],
+    *args: P.args,
+    **kwargs: P.kwargs,
+) -> T:
+    """As :func:`write`, but on a SQLite file always on the writer thread, never on the event loop: for a
+    transaction of many statements, such as ingest's group commit. The loop waits for it once (one
+    hand-off there and back), and runs everything else meanwhile. Elsewhere the same as :func:`write`."""
+    engine: AsyncEngine = sessions.kw["bind"]
+    threads = _THREADS.get(engine.sync_engine.dialect)
+    if threads is not None:
+        return await threads.write_on_thread(_call(fn, kwargs), *args)
+    async with engine.begin() as conn:
+        return await conn.run_sync(fn, *args, **kwargs)
+
+
+def on_sqlite_file(sessions: async_sessionmaker[AsyncSession]) -> bool:
+    """Whether :func:`write_on_thread` runs on a thread of its own (a SQLite file's engine)."""
+    return sessions.kw["bind"].sync_engine.dialect in _THREADS
 
 
 def _call(fn: Callable[..., T], kwargs: dict[str, Any]) -> Callable[..., T]:

@@ -4,19 +4,22 @@ Per message: check size, topic and schema (a bad one is rejected, counted and lo
 and the loop carries on); store in ONE transaction; commit; only THEN acknowledge an event batch. A
 redelivered batch is stored once (insert-or-ignore on the event ULID) and acknowledged again.
 
-Two stages so a backlog drains at the store's speed, not one round trip per batch: a parse stage
+Stages, so a backlog drains at the store's speed, not one round trip per batch: a parse stage
 checks and validates the next messages while the store stage waits on the database, and the store
 stage commits the event batches that are already waiting together (group commit, at most
-``GROUP_MAX_BATCHES`` / ``GROUP_MAX_EVENTS``), then acknowledges each of them. Acks are handed to
-the MQTT client in order right after the commit; their PUBACK is awaited off the loop, never before
-the next transaction. Messages are stored in the order they arrived; results and status messages
-end a group, so nothing overtakes them.
+``GROUP_MAX_BATCHES`` / ``GROUP_MAX_EVENTS``; on a SQLite file the whole transaction on the
+database's writer thread), then acknowledges each of them. Acks are handed to the MQTT client in
+order right after the commit; their PUBACK is awaited off the loop, never before the next
+transaction. A notify stage then gives the new events to the listeners (cloud features) and the
+live stream while the next group commits. Messages are stored in the order they arrived; results
+and status messages end a group, so nothing overtakes them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import gc
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -44,6 +47,8 @@ log = structlog.get_logger("steward.cloud.ingest")
 GROUP_MAX_BATCHES = 16  # event batches committed in one transaction when they queue up
 GROUP_MAX_EVENTS = 8000
 PARSE_AHEAD = 32  # parsed messages waiting for the store stage
+NOTIFY_AHEAD = 64  # stored batches waiting for the listeners
+SWITCH_INTERVAL_S = 0.0005  # sys.setswitchinterval for the process (see Ingest.run)
 # A command result proves its gateway alive; saying so in the store at most this often is plenty for
 # offline detection (minutes) and keeps the write off most results.
 RESULT_SEEN_EVERY = timedelta(seconds=5)
@@ -145,18 +150,32 @@ class Ingest:
             _heap_frozen = True
             gc.collect()
             gc.freeze()
+            # Threads that hand work back and forth with the event loop (SQLite's writer, paho) wait
+            # for the interpreter lock after each blocking call, and the loop, busy parsing a backlog,
+            # gives it up only when it is asked to: by default after 5 ms, each time. A group commit
+            # asks a dozen times.
+            sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL_S))
         self.ready.set()
         queue: asyncio.Queue[_Parsed | _Other] = asyncio.Queue(maxsize=PARSE_AHEAD)
+        stored: asyncio.Queue[tuple[EventBatch, store.BatchOutcome]] = asyncio.Queue(maxsize=NOTIFY_AHEAD)
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._parse_stage(queue), name="cloud-ingest-parse")
             tg.create_task(self._results_stage(), name="cloud-ingest-results")
-            await self._store_stage(queue)
+            tg.create_task(self._notify_stage(stored), name="cloud-ingest-notify")
+            await self._store_stage(queue, stored)
 
     async def _parse_stage(self, queue: asyncio.Queue[_Parsed | _Other]) -> None:
+        # Neither a waiting message nor room in the queue suspends this loop, and validating and then
+        # preparing a batch take milliseconds each: it yields after each step, so the store stage
+        # goes on the moment its commit is done rather than after every message that came in meanwhile.
         async for message in self.mqtt.messages():
             item = self._classify(message, time.perf_counter())
+            if isinstance(item, _Parsed):
+                await asyncio.sleep(0)
+                self._prepare(item)
             if item is not None:
                 await queue.put(item)
+            await asyncio.sleep(0)
 
     async def _results_stage(self) -> None:
         # An operator waits on every command result, while after an outage the event pipeline can be
@@ -183,11 +202,7 @@ class Ingest:
                 raise Rejected(
                     "too_large", f"{len(message.payload)} bytes > limit {self.settings.max_payload_bytes}"
                 )
-            batch: EventBatch = self._parse(EventBatch, message.payload, topics)
-            # The store's per-event work that needs no database, done here: it then overlaps the
-            # previous group's SQL instead of lengthening the transaction.
-            prepared = store.prepare_batch(batch, sqlite=not self.settings.is_postgres)
-            return _Parsed(topics, batch, started, prepared)
+            return _Parsed(topics, self._parse(EventBatch, message.payload, topics), started)
         except Rejected as exc:
             self._rejected(exc, gateway, message.topic)
         except Exception:
@@ -195,13 +210,33 @@ class Ingest:
             self.log.exception("ingest.unexpected_error", gateway=gateway, topic=message.topic)
         return None
 
+    def _prepare(self, item: _Parsed) -> None:
+        """The store's per-event work that needs no database, done in the parse stage: it then overlaps
+        the previous group's SQL instead of lengthening the transaction."""
+        try:
+            item.prepared = store.prepare_batch(item.batch, sqlite=not self.settings.is_postgres)
+        except Exception:  # the store stage prepares it again, and fails it there with its reason
+            self.log.exception("ingest.prepare_failed", gateway=item.topics.gateway_id)
+
     def _rejected(self, exc: Rejected, gateway: str, topic: str) -> None:
         self.metrics.rejected[exc.reason] += 1
         self.log.warning(
             "ingest.rejected", gateway=gateway, topic=topic, reason=exc.reason, detail=exc.detail[:500]
         )
 
-    async def _store_stage(self, queue: asyncio.Queue[_Parsed | _Other]) -> None:
+    async def _notify_stage(self, stored: asyncio.Queue[tuple[EventBatch, store.BatchOutcome]]) -> None:
+        # Listeners and the live stream after the commit and the ack, off the store stage's path: the
+        # next group commits meanwhile. A slow listener holds the store stage back only once
+        # NOTIFY_AHEAD batches wait here.
+        while True:
+            batch, outcome = await stored.get()
+            await self._notify(batch, outcome)
+
+    async def _store_stage(
+        self,
+        queue: asyncio.Queue[_Parsed | _Other],
+        stored: asyncio.Queue[tuple[EventBatch, store.BatchOutcome]],
+    ) -> None:
         held: _Parsed | _Other | None = None
         while True:
             item = held if held is not None else await queue.get()
@@ -217,11 +252,13 @@ class Ingest:
                     break
                 group.append(more)
                 events += len(more.batch.events)
-            await self._store_group(group)
+            for batch, outcome in await self._store_group(group):
+                await stored.put((batch, outcome))
 
-    async def _store_group(self, group: list[_Parsed]) -> None:
-        """Commit the group in one transaction, then ack each batch in order. If that transaction
-        fails, each batch gets its own, so one bad batch cannot hold back the others."""
+    async def _store_group(self, group: list[_Parsed]) -> list[tuple[EventBatch, store.BatchOutcome]]:
+        """Commit the group in one transaction, then ack each batch in order; the batches stored, with
+        their outcomes. If that transaction fails, each batch gets its own, so one bad batch cannot hold
+        back the others."""
         try:
             outcomes = await self._commit(group)
         except Exception as exc:
@@ -229,22 +266,20 @@ class Ingest:
                 self.log.warning(
                     "ingest.group_failed_retrying_singly", batches=len(group), error=str(exc)[:200]
                 )
-                for item in group:
-                    await self._store_group([item])
-                return
+                return [done for item in group for done in await self._store_group([item])]
             self._store_failed(group[0], exc)
-            return
+            return []
         for item, outcome in zip(group, outcomes, strict=True):
-            await self._after_commit(item.topics, item.batch, outcome, item.started)
+            self._acknowledge(item.topics, item.batch, outcome, item.started)
+        return [(item.batch, outcome) for item, outcome in zip(group, outcomes, strict=True)]
 
     async def _commit(self, group: list[_Parsed]) -> list[store.BatchOutcome]:
-        async with self.sessions() as session, session.begin():
-            return await store.ingest_group(
-                session,
-                [(item.batch, item.prepared) for item in group],
-                utcnow(),
-                self.settings.max_clock_skew_s,
-            )
+        return await store.ingest_group_on_thread(
+            self.sessions,
+            [(item.batch, item.prepared) for item in group],
+            utcnow(),
+            self.settings.max_clock_skew_s,
+        )
 
     def _store_failed(self, item: _Parsed, exc: Exception) -> None:
         gateway, topic = item.topics.gateway_id, item.topics.events
@@ -322,9 +357,10 @@ class Ingest:
         batch: EventBatch = self._parse(EventBatch, payload, topics)
         async with self.sessions() as session, session.begin():
             outcome = await store.ingest_batch(session, batch, utcnow(), self.settings.max_clock_skew_s)
-        await self._after_commit(topics, batch, outcome, started)
+        self._acknowledge(topics, batch, outcome, started)
+        await self._notify(batch, outcome)
 
-    async def _after_commit(
+    def _acknowledge(
         self, topics: Topics, batch: EventBatch, outcome: store.BatchOutcome, started: float
     ) -> None:
         # Committed. Only now may the gateway forget these events.
@@ -337,6 +373,9 @@ class Ingest:
         self.log.debug("ingest.batch_stored", **where, stored=outcome.stored, duplicates=outcome.duplicates)
         if abs(outcome.clock_skew_s) > self.settings.max_clock_skew_s:
             self.log.warning("ingest.gateway_clock_skew", **where, skew_s=round(outcome.clock_skew_s, 1))
+
+    async def _notify(self, batch: EventBatch, outcome: store.BatchOutcome) -> None:
+        """A stored batch's new events to the listeners (cloud features) and the live stream."""
         for listener in self.listeners:
             try:
                 await listener(batch, outcome.new_events)

@@ -72,15 +72,21 @@ def merge_state(state: dict[str, Any], updates: dict[str, Any], at: datetime) ->
 
 
 def numeric_points(data: dict[str, Any]) -> dict[str, float]:
-    """The numeric points of a reading event: top-level numbers and those under ``points``/``values``."""
-    out: dict[str, float] = {}
-    sources = [data] + [data[k] for k in ("points", "values") if isinstance(data.get(k), dict)]
-    for source in sources:
-        for key, value in source.items():
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                continue
-            if isinstance(key, str) and 0 < len(key) <= 64:
-                out[key] = float(value)
+    """The numeric points of a reading event: top-level numbers and those under ``points``/``values``
+    (a later one wins over an earlier one of the same name). Numbers as JSON gives them: ``int`` or
+    ``float``, never ``bool``; names of 1 to 64 characters."""
+    # Runs for every reading ingested: exact type checks in comprehensions, no call per value.
+    out = {k: float(v) for k, v in data.items() if (type(v) is float or type(v) is int) and 0 < len(k) <= 64}
+    for nested in ("points", "values"):
+        source = data.get(nested)
+        if type(source) is dict:
+            out.update(
+                {
+                    k: float(v)
+                    for k, v in source.items()
+                    if (type(v) is float or type(v) is int) and type(k) is str and 0 < len(k) <= 64
+                }
+            )
     return out
 
 

@@ -20,8 +20,9 @@ from pydantic_core import to_json
 from sqlalchemy import Connection, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from cloud import db
 from cloud.state import merge_latest, numeric_points, state_updates
 from cloud.tables import Device, Gateway, Site
 from protocol.models import (
@@ -113,12 +114,60 @@ async def ingest_group(
     """
     if _dialect(session) == "postgresql":
         return await _ingest_group_pg(session, batches, now, max_skew_s, touch=touch)
+    work, touches = _sqlite_group(batches, now, max_skew_s, touch=touch)
+    driver = await _SqliteDriver.of(session)
+    inserted = await driver.run(_store_group_sqlite, touches, work, _sqlite_ts(now))
+    return _sqlite_outcomes(work, inserted, now)
+
+
+async def ingest_group_on_thread(
+    sessions: async_sessionmaker[AsyncSession],
+    batches: Sequence[tuple[EventBatch, PreparedBatch | None]],
+    now: datetime,
+    max_skew_s: float = 120.0,
+) -> list[BatchOutcome]:
+    """:func:`ingest_group` in a transaction of its own, committed, on a SQLite file: the whole
+    transaction, ``BEGIN IMMEDIATE`` to ``COMMIT``, runs at once on the database's writer thread
+    (:func:`cloud.db.write_on_thread`).
+
+    Through a session each step (BEGIN, the group's statements, COMMIT, the pool's reset) was a hand-off
+    to aiosqlite's thread and back, and each return waited for the event loop, busy parsing the next
+    batches: a backlog's group commits spent more time waiting there than in SQLite. Elsewhere
+    (PostgreSQL, an in-memory SQLite) it is :func:`ingest_group` in a session."""
+    if not db.on_sqlite_file(sessions):
+        async with sessions() as session, session.begin():
+            return await ingest_group(session, batches, now, max_skew_s)
+    work, touches = _sqlite_group(batches, now, max_skew_s, touch=True)
+    inserted = await db.write_on_thread(sessions, _store_group_on, touches, work, _sqlite_ts(now))
+    return _sqlite_outcomes(work, inserted, now)
+
+
+def _store_group_on(conn: Connection, *args: Any) -> list[list[str] | None]:
+    """:func:`_store_group_sqlite` in ``conn``'s transaction (a synchronous SQLite connection)."""
+    try:
+        return _store_group_sqlite(conn.connection.dbapi_connection, *args)
+    except _StatementError as exc:
+        raise exc.as_dbapi_error() from exc.error
+
+
+def _sqlite_group(
+    batches: Sequence[tuple[EventBatch, PreparedBatch | None]],
+    now: datetime,
+    max_skew_s: float,
+    *,
+    touch: bool,
+) -> tuple[list[tuple[EventBatch, PreparedBatch]], list[tuple[str, str, float, int]]]:
+    """What :func:`_store_group_sqlite` takes: each batch with its SQLite rows, and the gateway upserts."""
     work = [(b, p if p is not None and p.sqlite else prepare_batch(b)) for b, p in batches]
     touches = (
         [_touch_row(b, max_skew_s, now) for b in _latest_per_gateway(b for b, _ in work)] if touch else []
     )
-    db = await _SqliteDriver.of(session)
-    inserted = await db.run(_store_group_sqlite, touches, work, _sqlite_ts(now))
+    return work, touches
+
+
+def _sqlite_outcomes(
+    work: list[tuple[EventBatch, PreparedBatch]], inserted: list[list[str] | None], now: datetime
+) -> list[BatchOutcome]:
     outcomes = []
     for (batch, prepared), new_ids in zip(work, inserted, strict=True):
         by_id = prepared.by_id
@@ -188,19 +237,88 @@ class PreparedBatch:
 
 
 def prepare_batch(batch: EventBatch, *, sqlite: bool = True) -> PreparedBatch:
-    """:class:`PreparedBatch` for ``batch``; ``sqlite``: build SQLite's rows too."""
+    """:class:`PreparedBatch` for ``batch``; ``sqlite``: build SQLite's rows too.
+
+    One pass over the events, in (ts, seq) order, builds the rows, the device changes and the readings
+    (what :func:`_sqlite_rows` and :func:`_device_changes` give): this runs for every event a backlog
+    drains, on the thread every other stage of ingest needs too."""
     by_id = {e.id: e for e in batch.events}
     ordered = sorted(by_id.values(), key=_event_order)
-    latest, readings = _device_changes(ordered)
+    site, gateway = batch.site_id, batch.gateway_id
+    rows: dict[str, tuple[Any, ...]] = {}
+    latest: dict[str, dict[str, tuple[Any, datetime]]] = {}
+    readings: list[tuple[str, str, int, float]] = []
+    locations: dict[tuple[Any, ...], str] = {}
+    times: dict[datetime, str] = {}
+    severities, kinds, to_json_, utc = _SEVERITY, _KINDS, _json, UTC
+    for e in ordered:
+        event_type, data, device_id, ts = e.type, e.data, e.device_id, e.ts
+        per_device = latest.get(device_id)
+        if per_device is None:
+            per_device = latest[device_id] = {}
+        if (kinds.get(event_type) or _kind(event_type)) == _READING:
+            # What state_updates says of every reading, and its numeric points as readings rows.
+            per_device["reading"] = (data, ts)
+            points = numeric_points(data)
+            if points:
+                ts_ms = int(ts.timestamp() * 1000)
+                readings += [(device_id, p, ts_ms, v) for p, v in points.items()]
+        else:
+            for key, value in state_updates(event_type, data).items():
+                per_device[key] = (value, ts)
+        if not sqlite:
+            continue
+        ts_text = times.get(ts)
+        if ts_text is None:
+            ts_text = times[ts] = _sqlite_ts(ts) if ts.tzinfo is not utc else _utc_text(ts)
+        received_at = e.received_at
+        received_text = times.get(received_at)
+        if received_text is None:
+            received_text = times[received_at] = (
+                _sqlite_ts(received_at) if received_at.tzinfo is not utc else _utc_text(received_at)
+            )
+        location = e.location
+        rows[e.id] = (
+            e.id,
+            site,
+            gateway,
+            e.seq,
+            device_id,
+            event_type,
+            severities.get(event_type) or _severity(event_type),
+            ts_text,
+            received_text,
+            None if location is None else _location_json(location, locations),
+            to_json_(data),
+        )
     return PreparedBatch(
         sqlite=sqlite,
         by_id=by_id,
         order=[e.id for e in ordered],
-        rows=_sqlite_rows(batch, by_id) if sqlite else {},
-        latest=latest,
+        rows=rows,
+        latest={d: changes for d, changes in latest.items() if changes},
         readings=readings,
-        devices=sorted({e.device_id for e in ordered}),
+        devices=sorted(latest),
     )
+
+
+_READING, _OTHER = 1, 2
+_KINDS: dict[str, int] = {}  # event type -> _READING or _OTHER
+
+
+def _kind(event_type: str) -> int:
+    kind = _KINDS.get(event_type)
+    if kind is None:
+        kind = _KINDS[event_type] = _READING if event_type.startswith(_READING_TYPES) else _OTHER
+        if len(_KINDS) > 10_000:  # event types are a small vocabulary; bound it anyway
+            _KINDS.clear()
+    return kind
+
+
+def _utc_text(value: datetime) -> str:
+    """:func:`_sqlite_ts` of a time whose tzinfo is ``datetime.UTC``, as every validated time's is."""
+    text_ = value.isoformat(" ")
+    return text_[:26] if value.microsecond else f"{text_[:19]}.000000"
 
 
 async def touch_batch_gateway(
@@ -314,9 +432,7 @@ class _SqliteDriver:
         try:
             return await on_sqlite_thread(self.conn, fn, *args)
         except _StatementError as exc:
-            raise DBAPIError.instance(
-                exc.sql, None, exc.error, sqlite3.Error, hide_parameters=True
-            ) from exc.error
+            raise exc.as_dbapi_error() from exc.error
 
 
 def on_sqlite_thread(conn: Any, fn: Callable[..., Any], *args: Any) -> Awaitable[Any]:
@@ -337,6 +453,10 @@ class _StatementError(Exception):
     def __init__(self, sql: str, error: sqlite3.Error) -> None:
         super().__init__(sql)
         self.sql, self.error = sql, error
+
+    def as_dbapi_error(self) -> DBAPIError:
+        """As SQLAlchemy raises driver errors: ingest counts those as store errors and does not ack."""
+        return DBAPIError.instance(self.sql, None, self.error, sqlite3.Error, hide_parameters=True)
 
 
 class _Statements:
@@ -370,41 +490,45 @@ class _Statements:
             raise _StatementError(sql, exc) from exc
 
     def insert(self, head: str, width: int, rows: list[tuple[Any, ...]], end: str = "") -> None:
-        """``head`` + a ``VALUES`` tuple for each of ``rows`` (``width`` values each) + ``end``, in
-        statements of many rows each instead of ``executemany``.
+        """``head`` (``INSERT INTO table (columns)``) of ``rows`` (``width`` values each, the first never
+        NULL) + ``end``, in as few statements as the variable limit allows, instead of ``executemany``.
 
-        sqlite3 gives the interpreter lock back around each step. While another thread holds it (the
-        parse of the next batches), getting it back waits up to a switch interval: with a step per row
-        that starved SQLite of its own thread. A statement of 1,024 rows is one step and costs no more
-        SQLite work than 1,024 single-row ones. The statements' sizes are powers of two, so their few
-        texts stay in sqlite3's statement cache."""
-        most = min(_MAX_ROWS, self.conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // width)
-        start = 0
-        while start < len(rows):
-            size = min(most, 1 << ((len(rows) - start).bit_length() - 1))
-            chunk = rows[start : start + size]
-            start += size
+        sqlite3 gives the interpreter lock back around each step, and getting it back while another
+        thread holds it (the parse of the next batches) waits up to a switch interval: with a step per
+        row that starved SQLite of its own thread, and even a statement per 1,024 rows made a group
+        commit wait more than it worked. So one statement takes up to ``_MAX_ROWS`` rows. Its rows come
+        from a ``VALUES`` list padded with rows of NULLs up to a power of two (at least ``_MIN_ROWS``)
+        that a ``WHERE`` drops: compiling a statement of thousands of rows costs ten times running it,
+        and a few sizes keep every text in sqlite3's statement cache."""
+        limit = min(_MAX_ROWS, self.conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // width)
+        most = 1 << (limit.bit_length() - 1)
+        for start in range(0, len(rows), most):
+            chunk = rows[start : start + most]
+            size = max(_MIN_ROWS, 1 << (len(chunk) - 1).bit_length())
             sql = _values_sql(head, width, size, end)
             params = list(chain.from_iterable(chunk))
+            params += [None] * ((size - len(chunk)) * width)
             try:
                 self.conn.execute(sql, params).close()
             except sqlite3.Error as exc:
                 raise _StatementError(sql, exc) from exc
 
 
-_MAX_ROWS = 1024
+_MAX_ROWS = 4096
+_MIN_ROWS = 16
 
 
 @lru_cache(maxsize=64)
 def _values_sql(head: str, width: int, rows: int, end: str) -> str:
     one = f"({', '.join('?' * width)})"
-    return f"{head}{', '.join([one] * rows)}{end}"
+    # The WHERE drops the padding, and lets an upsert clause follow (SQLite's grammar needs one there).
+    return f"{head} SELECT * FROM (VALUES {', '.join([one] * rows)}) WHERE column1 IS NOT NULL{end}"
 
 
 _SQLITE_EXISTING = "SELECT id FROM events WHERE id IN (SELECT value FROM json_each(?))"
 _SQLITE_INSERT = (
     "INSERT INTO events (id, site_id, gateway_id, seq, device_id, type, severity, ts, received_at,"
-    " location, data, stored_at) VALUES "
+    " location, data, stored_at)"
 )
 
 
@@ -566,7 +690,7 @@ _DEVICE_STATE_SQLITE = (  # ?1: [[id, state JSON text], ...]
     " WHERE devices.id = u.value ->> 0"
 )
 _DEVICE_STATE_PG = "UPDATE devices SET state = $1::json, updated_at = $2 WHERE id = $3"
-_READINGS_INSERT_SQLITE = "INSERT INTO readings (device_id, point, ts_ms, value) VALUES "
+_READINGS_INSERT_SQLITE = "INSERT INTO readings (device_id, point, ts_ms, value)"
 _READINGS_CONFLICT = " ON CONFLICT (device_id, point, ts_ms) DO NOTHING"
 _READINGS_INSERT_PG = (
     "INSERT INTO readings (device_id, point, ts_ms, value) VALUES ($1, $2, $3, $4)"

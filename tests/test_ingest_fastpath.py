@@ -370,23 +370,28 @@ async def test_group_ends_as_its_batches_stored_one_by_one(tmp_path: Path, kind:
         make_batch(events[3:], gateway="gw-2", sent_at=now),  # events[3] repeated within the group
         make_batch(later, sent_at=now - timedelta(seconds=2)),
     ]
-    async with database(kind, tmp_path) as grouped, database(kind, tmp_path) as single:
+    async with (
+        database(kind, tmp_path) as grouped,
+        database(kind, tmp_path) as threaded,
+        database(kind, tmp_path) as single,
+    ):
         outcomes = {}
-        for db in (grouped, single):
+        for db in (grouped, threaded, single):
             async with db.sessions() as session, session.begin():
                 await store.ingest_batch(session, stored_before, now)
+        prepared = [(b, store.prepare_batch(b, sqlite=kind == "sqlite")) for b in group]
         async with grouped.sessions() as session, session.begin():
-            outcomes["grouped"] = await store.ingest_group(
-                session, [(b, store.prepare_batch(b, sqlite=kind == "sqlite")) for b in group], now
-            )
+            outcomes["grouped"] = await store.ingest_group(session, prepared, now)
+        # Ingest's own path: the whole transaction on the writer thread (SQLite), a session elsewhere.
+        outcomes["threaded"] = await store.ingest_group_on_thread(threaded.sessions, prepared, now)
         outcomes["single"] = []
         for b in group:
             async with single.sessions() as session, session.begin():
                 outcomes["single"].append(await store.ingest_batch(session, b, now))
-        a, b = (
+        a, b, c = (
             [(o.stored, o.duplicates, [e.id for e in o.new_events]) for o in outcomes[k]] for k in outcomes
         )
-        assert a == b
+        assert a == b == c
         assert [(stored, dups) for stored, dups, _ in a] == [(2, 1), (2, 1), (3, 0)]
         for sql in (
             "SELECT id, site_id, gateway_id, seq, device_id, type, severity, ts, received_at, stored_at,"
@@ -398,6 +403,35 @@ async def test_group_ends_as_its_batches_stored_one_by_one(tmp_path: Path, kind:
             "SELECT id FROM sites",
         ):
             assert await _rows(grouped, sql) == await _rows(single, sql), sql
+            assert await _rows(threaded, sql) == await _rows(single, sql), sql
+
+
+@pytest.mark.parametrize("n", [1, 3, 4, 5, 31, 32, 33, 64, 65, 100])
+def test_many_rows_to_a_statement_padded_to_a_few_sizes(monkeypatch: pytest.MonkeyPatch, n: int) -> None:
+    """Rows go many to a statement, padded with NULL rows up to a power of two that the statement drops:
+    every row once, no padding stored, an upsert clause still applies, and few statement texts."""
+    monkeypatch.setattr(store, "_MAX_ROWS", 32)
+    monkeypatch.setattr(store, "_MIN_ROWS", 4)
+    inserts: list[str] = []
+
+    class Recorded:
+        def __init__(self, conn: sqlite3.Connection) -> None:
+            self.getlimit = conn.getlimit
+            self.conn = conn
+
+        def execute(self, sql: str, params: list[Any]) -> sqlite3.Cursor:
+            inserts.append(sql)
+            return self.conn.execute(sql, params)
+
+    with contextlib.closing(sqlite3.connect(":memory:")) as conn:
+        conn.execute("CREATE TABLE r (a TEXT NOT NULL, b INTEGER, c REAL, PRIMARY KEY (a, b))")
+        rows = [(f"d{i % 7}", i, i / 2) for i in range(n)]
+        db = store._Statements(Recorded(conn))  # type: ignore[arg-type]
+        db.insert("INSERT INTO r (a, b, c)", 3, rows)
+        db.insert("INSERT INTO r (a, b, c)", 3, rows[: n // 2 + 1], " ON CONFLICT (a, b) DO NOTHING")
+        assert conn.execute("SELECT a, b, c FROM r ORDER BY b").fetchall() == rows
+    assert {sql.count("(?, ?, ?)") for sql in inserts} <= {4, 8, 16, 32}
+    assert len(inserts) == (n + 31) // 32 + (n // 2 + 32) // 32
 
 
 async def _rows(db: Db, sql: str) -> list[tuple[Any, ...]]:

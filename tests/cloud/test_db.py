@@ -165,6 +165,32 @@ async def test_write_waits_for_an_async_writer_and_for_another_process_off_the_l
         assert not lock.locked()
 
 
+@pytest.mark.parametrize("where", ["file", "memory"])
+async def test_write_on_thread_runs_off_the_loop_in_turn_with_the_other_writers(
+    tmp_path: Path, where: str
+) -> None:
+    """A long transaction (ingest's group commit) goes to the writer thread, never the loop's; it queues
+    behind an async session's writer like any other writer of this instance, and a failure rolls it
+    back. An in-memory database has no threads of its own: there it is the same as ``db.write``."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'c.db'}" if where == "file" else "sqlite+aiosqlite:///:memory:"
+    async with table_t(url) as (_engine, sessions):
+        assert db.on_sqlite_file(sessions) == (where == "file")
+        if where == "file":
+            async with sessions() as session, session.begin():
+                await session.execute(text("INSERT INTO t (v) VALUES (1)"))
+                queued = asyncio.create_task(db.write_on_thread(sessions, _insert, 2))
+                await asyncio.sleep(0.1)
+                assert not queued.done()
+            assert await asyncio.wait_for(queued, 5) != threading.get_ident()
+        else:  # one connection for the whole in-memory database: nothing to queue behind
+            await db.write(sessions, _insert, 1)
+            assert await db.write_on_thread(sessions, _insert, 2) == threading.get_ident()
+        with pytest.raises(ValueError, match="refused"):
+            await db.write_on_thread(sessions, _insert, 3, fail=True)
+        await db.write(sessions, _insert, 4)  # the lock went back after the failure too
+        assert await db.read(sessions, _values) == [1, 2, 4]
+
+
 async def test_the_loops_own_connection_leaves_checkpoints_to_a_thread_and_the_wal_stays_bounded(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
