@@ -31,7 +31,7 @@ import contextlib
 import sqlite3
 import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
@@ -209,11 +209,6 @@ class _SqliteThreads:
         # wait for it on the writer thread, still holding this instance's lock.
         return await self._on_writer(fn, args)
 
-    async def write_on_thread(self, fn: Callable[..., T], *args: Any) -> T:
-        """As :meth:`write`, always on the writer thread: for a transaction of many milliseconds."""
-        await self.write_lock.take()
-        return await self._on_writer(fn, args)
-
     async def _on_writer(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
         """``fn`` in a transaction on the writer thread; the caller holds the write lock, which goes back
         when the transaction has ended."""
@@ -332,17 +327,55 @@ async def write_on_thread(
     """As :func:`write`, but on a SQLite file always on the writer thread, never on the event loop: for a
     transaction of many statements, such as ingest's group commit. The loop waits for it once (one
     hand-off there and back), and runs everything else meanwhile. Elsewhere the same as :func:`write`."""
+    async with writes_on_thread(sessions) as writer:
+        if writer is not None:
+            return await writer.submit(_call(fn, kwargs), *args)
     engine: AsyncEngine = sessions.kw["bind"]
-    threads = _THREADS.get(engine.sync_engine.dialect)
-    if threads is not None:
-        return await threads.write_on_thread(_call(fn, kwargs), *args)
     async with engine.begin() as conn:
         return await conn.run_sync(fn, *args, **kwargs)
 
 
-def on_sqlite_file(sessions: async_sessionmaker[AsyncSession]) -> bool:
-    """Whether :func:`write_on_thread` runs on a thread of its own (a SQLite file's engine)."""
-    return sessions.kw["bind"].sync_engine.dialect in _THREADS
+class ThreadWriter:
+    """Hands whole transactions to a SQLite file's writer thread while holding this instance's write lock
+    (:func:`writes_on_thread`). The thread runs them in the order given, each committed on its own, one
+    right after the other: it need not wait for the event loop in between."""
+
+    def __init__(self, threads: _SqliteThreads) -> None:
+        self._threads = threads
+        self._last: concurrent.futures.Future[Any] | None = None
+
+    def submit(self, fn: Callable[Concatenate[Connection, P], T], *args: P.args) -> asyncio.Future[T]:
+        """``fn(conn, *args)`` in a write transaction of its own on the writer thread; its result."""
+        job = self._threads._submit_write(self._threads._run, self._threads.engine, fn, args)
+        self._last = job
+        return asyncio.wrap_future(job)
+
+    @property
+    def contended(self) -> bool:
+        """Another writer of this instance waits for the write lock: hand over no more."""
+        return self._threads.write_lock.waiting > 0
+
+
+@contextlib.asynccontextmanager
+async def writes_on_thread(sessions: async_sessionmaker[AsyncSession]) -> AsyncIterator[ThreadWriter | None]:
+    """This instance's write lock, for transactions handed to the writer thread of ``sessions``' SQLite
+    file (:class:`ThreadWriter`); None elsewhere (PostgreSQL, an in-memory SQLite), where the caller
+    uses a session. The lock goes back once the last transaction handed over has ended, even if the
+    body was cancelled before it had."""
+    threads = _THREADS.get(sessions.kw["bind"].sync_engine.dialect)
+    if threads is None:
+        yield None
+        return
+    await threads.write_lock.take()
+    writer = ThreadWriter(threads)
+    try:
+        yield writer
+    finally:
+        last = writer._last  # the thread runs them in order: the last one ends last
+        if last is None or last.done():
+            threads.write_lock.give_back()
+        else:
+            last.add_done_callback(lambda _job: threads.write_lock.give_back())
 
 
 def _call(fn: Callable[..., T], kwargs: dict[str, Any]) -> Callable[..., T]:
@@ -377,6 +410,7 @@ class _WriteLock:
 
     def __init__(self) -> None:
         self._lock = asyncio.Lock()
+        self.waiting = 0  # writers in _acquire: waiting for the lock, or about to take it
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
 
@@ -394,6 +428,7 @@ class _WriteLock:
 
     async def _acquire(self) -> None:
         self._loop, self._loop_thread = asyncio.get_running_loop(), threading.get_ident()
+        self.waiting += 1
         try:
             async with asyncio.timeout(WRITE_LOCK_TIMEOUT_S):
                 await self._lock.acquire()
@@ -405,6 +440,8 @@ class _WriteLock:
                     f"database is locked: no write lock within {WRITE_LOCK_TIMEOUT_S:g} s"
                 ),
             ) from None
+        finally:
+            self.waiting -= 1
 
     async def take(self) -> None:
         """For a writer outside the pool (:class:`_SqliteThreads`); :meth:`give_back` ends it."""

@@ -21,6 +21,7 @@ import asyncio
 import gc
 import sys
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -48,6 +49,7 @@ GROUP_MAX_BATCHES = 16  # event batches committed in one transaction when they q
 GROUP_MAX_EVENTS = 8000
 PARSE_AHEAD = 32  # parsed messages waiting for the store stage
 NOTIFY_AHEAD = 64  # stored batches waiting for the listeners
+CHAIN_BATCHES = 2  # batches waiting that are handed to the writer thread while a group commits
 SWITCH_INTERVAL_S = 0.0005  # sys.setswitchinterval for the process (see Ingest.run)
 # A command result proves its gateway alive; saying so in the store at most this often is plenty for
 # offline detection (minutes) and keeps the write off most results.
@@ -118,6 +120,7 @@ class Ingest:
         self.listeners: list[EventListener] = []
         self.handlers: dict[str, KindHandler] = {}
         self._acks_in_flight: set[asyncio.Task[None]] = set()
+        self._queued = asyncio.Event()  # set by the parse stage on each message it queues
         # gateway id -> when (monotonic) a result next marks it seen here; an offline status forgets it
         self._result_seen: dict[str, float] = {}
         self.log = log.bind(
@@ -175,6 +178,7 @@ class Ingest:
                 self._prepare(item)
             if item is not None:
                 await queue.put(item)
+                self._queued.set()
             await asyncio.sleep(0)
 
     async def _results_stage(self) -> None:
@@ -240,25 +244,102 @@ class Ingest:
         held: _Parsed | _Other | None = None
         while True:
             item = held if held is not None else await queue.get()
-            held = None
             if isinstance(item, _Other):
+                held = None
                 await self.handle(item.message, item.started)
                 continue
-            group, events = [item], len(item.batch.events)
-            while len(group) < GROUP_MAX_BATCHES and events < GROUP_MAX_EVENTS and not queue.empty():
-                more = queue.get_nowait()
-                if isinstance(more, _Other):
-                    held = more  # handled after this group: nothing overtakes it
-                    break
-                group.append(more)
-                events += len(more.batch.events)
-            for batch, outcome in await self._store_group(group):
-                await stored.put((batch, outcome))
+            group, held = self._take_group(item, queue)
+            async with db.writes_on_thread(self.sessions) as writer:
+                if writer is not None:
+                    held = await self._chain(writer, group, held, queue, stored)
+                    continue
+            for done in await self._store_group(group):  # a session: PostgreSQL, an in-memory SQLite
+                await stored.put(done)
+
+    @staticmethod
+    def _take_group(
+        first: _Parsed | _Other, queue: asyncio.Queue[_Parsed | _Other]
+    ) -> tuple[list[_Parsed], _Other | None]:
+        """``first`` and the event batches waiting behind it, up to a group's limits; and the status
+        message that ended the group, if one did (handled after it: nothing overtakes it)."""
+        if isinstance(first, _Other):
+            return [], first
+        group, events = [first], len(first.batch.events)
+        while len(group) < GROUP_MAX_BATCHES and events < GROUP_MAX_EVENTS and not queue.empty():
+            more = queue.get_nowait()
+            if isinstance(more, _Other):
+                return group, more
+            group.append(more)
+            events += len(more.batch.events)
+        return group, None
+
+    async def _chain(
+        self,
+        writer: db.ThreadWriter,
+        group: list[_Parsed],
+        held: _Other | None,
+        queue: asyncio.Queue[_Parsed | _Other],
+        stored: asyncio.Queue[tuple[EventBatch, store.BatchOutcome]],
+    ) -> _Parsed | _Other | None:
+        """Commit ``group`` on the database's writer thread. While it commits and ``CHAIN_BATCHES``
+        batches wait, hand them over as the next group, so the thread starts it the moment this one
+        ends rather than after the event loop, busy parsing, has seen that it did; unless another
+        writer of this instance waits for the lock. Acknowledges each group as it ends. Returns the
+        status message that ended a group, if one did."""
+        running = deque([(group, self._submit(writer, group))])
+        while running:
+            group, submitted = running[0]
+            if len(running) == 1 and held is None and not writer.contended:
+                await self._done_or_queued(submitted.job, queue)
+                if not submitted.job.done():
+                    more, held = self._take_group(queue.get_nowait(), queue)
+                    if more:
+                        running.append((more, self._submit(writer, more)))
+                    continue
+            await asyncio.wait({submitted.job})
+            running.popleft()
+            for done in await self._finish(writer, group, submitted):
+                await stored.put(done)
+        return held
+
+    def _submit(self, writer: db.ThreadWriter, group: list[_Parsed]) -> store.SubmittedGroup:
+        batches = [(item.batch, item.prepared) for item in group]
+        return store.submit_group(writer, batches, utcnow(), self.settings.max_clock_skew_s)
+
+    async def _done_or_queued(self, job: asyncio.Future[Any], queue: asyncio.Queue[_Parsed | _Other]) -> None:
+        while not job.done() and queue.qsize() < CHAIN_BATCHES:
+            self._queued.clear()
+            queued = asyncio.ensure_future(self._queued.wait())
+            try:
+                await asyncio.wait({job, queued}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                queued.cancel()
+
+    async def _finish(
+        self, writer: db.ThreadWriter, group: list[_Parsed], submitted: store.SubmittedGroup
+    ) -> list[tuple[EventBatch, store.BatchOutcome]]:
+        """Acknowledge a group whose transaction has ended; the batches stored, with their outcomes. If
+        it failed, each batch gets a transaction of its own, so one bad batch cannot hold back the
+        others."""
+        try:
+            outcomes = submitted.outcomes()
+        except Exception as exc:
+            if len(group) == 1:
+                self._store_failed(group[0], exc)
+                return []
+            self.log.warning("ingest.group_failed_retrying_singly", batches=len(group), error=str(exc)[:200])
+            done = []
+            for item in group:
+                single = self._submit(writer, [item])
+                await asyncio.wait({single.job})
+                done += await self._finish(writer, [item], single)
+            return done
+        for item, outcome in zip(group, outcomes, strict=True):
+            self._acknowledge(item.topics, item.batch, outcome, item.started)
+        return [(item.batch, outcome) for item, outcome in zip(group, outcomes, strict=True)]
 
     async def _store_group(self, group: list[_Parsed]) -> list[tuple[EventBatch, store.BatchOutcome]]:
-        """Commit the group in one transaction, then ack each batch in order; the batches stored, with
-        their outcomes. If that transaction fails, each batch gets its own, so one bad batch cannot hold
-        back the others."""
+        """As :meth:`_chain` and :meth:`_finish`, in a session."""
         try:
             outcomes = await self._commit(group)
         except Exception as exc:

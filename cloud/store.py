@@ -6,6 +6,7 @@ Commands have their own module, :mod:`cloud.command_store`."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -126,20 +127,46 @@ async def ingest_group_on_thread(
     now: datetime,
     max_skew_s: float = 120.0,
 ) -> list[BatchOutcome]:
-    """:func:`ingest_group` in a transaction of its own, committed, on a SQLite file: the whole
-    transaction, ``BEGIN IMMEDIATE`` to ``COMMIT``, runs at once on the database's writer thread
-    (:func:`cloud.db.write_on_thread`).
+    """:func:`ingest_group` in a transaction of its own, committed; on a SQLite file through
+    :func:`submit_group`, elsewhere (PostgreSQL, an in-memory SQLite) in a session."""
+    async with db.writes_on_thread(sessions) as writer:
+        if writer is not None:
+            group = submit_group(writer, batches, now, max_skew_s)
+            await group.job
+            return group.outcomes()
+    async with sessions() as session, session.begin():
+        return await ingest_group(session, batches, now, max_skew_s)
+
+
+@dataclass(slots=True)
+class SubmittedGroup:
+    """A group commit handed to a SQLite file's writer thread (:func:`submit_group`)."""
+
+    work: list[tuple[EventBatch, PreparedBatch]]
+    now: datetime
+    job: asyncio.Future[list[list[str] | None]]  # per batch, the ids it inserted (None: all)
+
+    def outcomes(self) -> list[BatchOutcome]:
+        """Once ``job`` is done: each batch's outcome, as :func:`ingest_group` gives them (or its error)."""
+        return _sqlite_outcomes(self.work, self.job.result(), self.now)
+
+
+def submit_group(
+    writer: db.ThreadWriter,
+    batches: Sequence[tuple[EventBatch, PreparedBatch | None]],
+    now: datetime,
+    max_skew_s: float = 120.0,
+) -> SubmittedGroup:
+    """:func:`ingest_group` of ``batches`` as a transaction of its own, BEGIN IMMEDIATE to COMMIT, run at
+    once on the database's writer thread.
 
     Through a session each step (BEGIN, the group's statements, COMMIT, the pool's reset) was a hand-off
     to aiosqlite's thread and back, and each return waited for the event loop, busy parsing the next
-    batches: a backlog's group commits spent more time waiting there than in SQLite. Elsewhere
-    (PostgreSQL, an in-memory SQLite) it is :func:`ingest_group` in a session."""
-    if not db.on_sqlite_file(sessions):
-        async with sessions() as session, session.begin():
-            return await ingest_group(session, batches, now, max_skew_s)
+    batches: a backlog's group commits spent more time waiting there than in SQLite. A group handed over
+    while another still commits starts the moment that one ends."""
     work, touches = _sqlite_group(batches, now, max_skew_s, touch=True)
-    inserted = await db.write_on_thread(sessions, _store_group_on, touches, work, _sqlite_ts(now))
-    return _sqlite_outcomes(work, inserted, now)
+    job = writer.submit(_store_group_on, touches, work, _sqlite_ts(now))
+    return SubmittedGroup(work, now, job)
 
 
 def _store_group_on(conn: Connection, *args: Any) -> list[list[str] | None]:

@@ -174,7 +174,8 @@ async def test_write_on_thread_runs_off_the_loop_in_turn_with_the_other_writers(
     back. An in-memory database has no threads of its own: there it is the same as ``db.write``."""
     url = f"sqlite+aiosqlite:///{tmp_path / 'c.db'}" if where == "file" else "sqlite+aiosqlite:///:memory:"
     async with table_t(url) as (_engine, sessions):
-        assert db.on_sqlite_file(sessions) == (where == "file")
+        async with db.writes_on_thread(sessions) as writer:
+            assert (writer is not None) == (where == "file")
         if where == "file":
             async with sessions() as session, session.begin():
                 await session.execute(text("INSERT INTO t (v) VALUES (1)"))

@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import sqlite3
+import time
+from typing import Any
 
+import pytest
+
+from cloud import store
 from tests.cloud.support import (
     GATEWAY,
     SITE,
@@ -116,3 +123,41 @@ async def test_events_page_with_cursor_newest_first(broker_port: int, sqlite_url
         bad = await cloud.http.get("/api/v1/events", params={"cursor": "@@"})
         assert bad.status_code == 400
         assert bad.json()["error"]["code"] == "bad_cursor"
+
+
+async def test_a_batch_the_store_refuses_holds_back_no_other_batch(
+    broker_port: int, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Batches that queue up while a commit runs are committed together; when that transaction fails,
+    each batch gets one of its own: the others are stored and acknowledged, the refused one is counted
+    and not acknowledged (its gateway sends it again)."""
+    batches = [make_batch([make_event("meter-1", "meter.reading", i, {"kwh": i})]) for i in range(1, 6)]
+    refused = batches[3].batch_id
+    original = store._store_group_sqlite
+    calls: list[int] = []
+
+    def store_group(conn: Any, touches: Any, work: Any, stamp: str) -> Any:
+        calls.append(len(work))
+        if len(calls) == 1:
+            time.sleep(0.3)  # on the writer thread: the batches behind this one queue up meanwhile
+        if any(batch.batch_id == refused for batch, _ in work):
+            raise store._StatementError("INSERT INTO events", sqlite3.IntegrityError("refused for the test"))
+        return original(conn, touches, work, stamp)
+
+    monkeypatch.setattr(store, "_store_group_sqlite", store_group)
+    async with (
+        running_cloud(cloud_settings(broker_port, sqlite_url)) as cloud,
+        FakeGateway(broker_port) as gw,
+    ):
+        for batch in batches:
+            await gw.send_batch(batch)
+        acked = {(await gw.next_ack()).batch_id for _ in range(4)}
+        assert acked == {b.batch_id for b in batches} - {refused}
+        assert any(n > 1 for n in calls), calls  # a group of several batches was tried, and failed
+        metrics = (await cloud.http.get("/metrics")).text
+        assert "steward_cloud_events_stored_total 4" in metrics
+        assert "steward_cloud_store_errors_total 1" in metrics
+        items = (await cloud.http.get("/api/v1/events")).json()["items"]
+        assert sorted(e["seq"] for e in items) == [1, 2, 3, 5]
+        await asyncio.sleep(0.2)
+        assert gw.acks.empty()
