@@ -21,6 +21,10 @@ another process holds the lock, a thread runs it instead; see :class:`_SqliteThr
 session each statement (BEGIN, every query, COMMIT) was a hand-off to aiosqlite's thread and back, about
 1 ms apiece on a busy loop. Elsewhere (PostgreSQL, an in-memory SQLite) it runs in the async connection's
 ``run_sync``.
+
+A long transaction (ingest's group commit, many statements) goes to the writer thread instead, never
+the loop: :func:`writes_on_thread` holds the write lock while a :class:`ThreadWriter` hands one or more
+transactions over, which the thread runs back to back.
 """
 
 from __future__ import annotations
@@ -315,23 +319,6 @@ async def read(
     if threads is not None:
         return await threads.read(_call(fn, kwargs), *args)
     async with engine.execution_options(**{READ_ONLY: True}).begin() as conn:
-        return await conn.run_sync(fn, *args, **kwargs)
-
-
-async def write_on_thread(
-    sessions: async_sessionmaker[AsyncSession],
-    fn: Callable[Concatenate[Connection, P], T],
-    *args: P.args,
-    **kwargs: P.kwargs,
-) -> T:
-    """As :func:`write`, but on a SQLite file always on the writer thread, never on the event loop: for a
-    transaction of many statements, such as ingest's group commit. The loop waits for it once (one
-    hand-off there and back), and runs everything else meanwhile. Elsewhere the same as :func:`write`."""
-    async with writes_on_thread(sessions) as writer:
-        if writer is not None:
-            return await writer.submit(_call(fn, kwargs), *args)
-    engine: AsyncEngine = sessions.kw["bind"]
-    async with engine.begin() as conn:
         return await conn.run_sync(fn, *args, **kwargs)
 
 

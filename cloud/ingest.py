@@ -241,7 +241,7 @@ class Ingest:
         queue: asyncio.Queue[_Parsed | _Other],
         stored: asyncio.Queue[tuple[EventBatch, store.BatchOutcome]],
     ) -> None:
-        held: _Parsed | _Other | None = None
+        held: _Other | None = None
         while True:
             item = held if held is not None else await queue.get()
             if isinstance(item, _Other):
@@ -280,7 +280,7 @@ class Ingest:
         held: _Other | None,
         queue: asyncio.Queue[_Parsed | _Other],
         stored: asyncio.Queue[tuple[EventBatch, store.BatchOutcome]],
-    ) -> _Parsed | _Other | None:
+    ) -> _Other | None:
         """Commit ``group`` on the database's writer thread. While it commits and ``CHAIN_BATCHES``
         batches wait, hand them over as the next group, so the thread starts it the moment this one
         ends rather than after the event loop, busy parsing, has seen that it did; unless another
@@ -355,12 +355,13 @@ class Ingest:
         return [(item.batch, outcome) for item, outcome in zip(group, outcomes, strict=True)]
 
     async def _commit(self, group: list[_Parsed]) -> list[store.BatchOutcome]:
-        return await store.ingest_group_on_thread(
-            self.sessions,
-            [(item.batch, item.prepared) for item in group],
-            utcnow(),
-            self.settings.max_clock_skew_s,
-        )
+        async with self.sessions() as session, session.begin():
+            return await store.ingest_group(
+                session,
+                [(item.batch, item.prepared) for item in group],
+                utcnow(),
+                self.settings.max_clock_skew_s,
+            )
 
     def _store_failed(self, item: _Parsed, exc: Exception) -> None:
         gateway, topic = item.topics.gateway_id, item.topics.events

@@ -21,7 +21,7 @@ from pydantic_core import to_json
 from sqlalchemy import Connection, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from cloud import db
 from cloud.state import merge_latest, numeric_points, state_updates
@@ -119,23 +119,6 @@ async def ingest_group(
     driver = await _SqliteDriver.of(session)
     inserted = await driver.run(_store_group_sqlite, touches, work, _sqlite_ts(now))
     return _sqlite_outcomes(work, inserted, now)
-
-
-async def ingest_group_on_thread(
-    sessions: async_sessionmaker[AsyncSession],
-    batches: Sequence[tuple[EventBatch, PreparedBatch | None]],
-    now: datetime,
-    max_skew_s: float = 120.0,
-) -> list[BatchOutcome]:
-    """:func:`ingest_group` in a transaction of its own, committed; on a SQLite file through
-    :func:`submit_group`, elsewhere (PostgreSQL, an in-memory SQLite) in a session."""
-    async with db.writes_on_thread(sessions) as writer:
-        if writer is not None:
-            group = submit_group(writer, batches, now, max_skew_s)
-            await group.job
-            return group.outcomes()
-    async with sessions() as session, session.begin():
-        return await ingest_group(session, batches, now, max_skew_s)
 
 
 @dataclass(slots=True)

@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 from sqlalchemy import insert, text
 from sqlalchemy.exc import SQLAlchemyError
 
+from cloud import db as cloud_db
 from cloud import store
 from cloud.state import merge_state, numeric_points, state_updates
 from cloud.tables import Device, EventRow, Reading
@@ -383,7 +384,14 @@ async def test_group_ends_as_its_batches_stored_one_by_one(tmp_path: Path, kind:
         async with grouped.sessions() as session, session.begin():
             outcomes["grouped"] = await store.ingest_group(session, prepared, now)
         # Ingest's own path: the whole transaction on the writer thread (SQLite), a session elsewhere.
-        outcomes["threaded"] = await store.ingest_group_on_thread(threaded.sessions, prepared, now)
+        async with cloud_db.writes_on_thread(threaded.sessions) as writer:
+            if writer is None:
+                async with threaded.sessions() as session, session.begin():
+                    outcomes["threaded"] = await store.ingest_group(session, prepared, now)
+            else:
+                submitted = store.submit_group(writer, prepared, now)
+                await submitted.job
+                outcomes["threaded"] = submitted.outcomes()
         outcomes["single"] = []
         for b in group:
             async with single.sessions() as session, session.begin():

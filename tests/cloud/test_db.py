@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import random
 import sqlite3
@@ -105,6 +106,11 @@ def _insert(conn: Connection, v: int, *, fail: bool = False) -> int:
     return threading.get_ident()
 
 
+def _slow_insert(conn: Connection, v: int) -> int:
+    time.sleep(0.3)
+    return _insert(conn, v)
+
+
 def _values(conn: Connection) -> list[int]:
     return list(conn.execute(text("SELECT v FROM t ORDER BY rowid")).scalars())
 
@@ -165,31 +171,50 @@ async def test_write_waits_for_an_async_writer_and_for_another_process_off_the_l
         assert not lock.locked()
 
 
-@pytest.mark.parametrize("where", ["file", "memory"])
-async def test_write_on_thread_runs_off_the_loop_in_turn_with_the_other_writers(
-    tmp_path: Path, where: str
+async def test_transactions_handed_to_the_writer_thread_run_in_order_in_turn_with_the_other_writers(
+    tmp_path: Path,
 ) -> None:
-    """A long transaction (ingest's group commit) goes to the writer thread, never the loop's; it queues
-    behind an async session's writer like any other writer of this instance, and a failure rolls it
-    back. An in-memory database has no threads of its own: there it is the same as ``db.write``."""
-    url = f"sqlite+aiosqlite:///{tmp_path / 'c.db'}" if where == "file" else "sqlite+aiosqlite:///:memory:"
-    async with table_t(url) as (_engine, sessions):
-        async with db.writes_on_thread(sessions) as writer:
-            assert (writer is not None) == (where == "file")
-        if where == "file":
-            async with sessions() as session, session.begin():
-                await session.execute(text("INSERT INTO t (v) VALUES (1)"))
-                queued = asyncio.create_task(db.write_on_thread(sessions, _insert, 2))
-                await asyncio.sleep(0.1)
-                assert not queued.done()
-            assert await asyncio.wait_for(queued, 5) != threading.get_ident()
-        else:  # one connection for the whole in-memory database: nothing to queue behind
-            await db.write(sessions, _insert, 1)
-            assert await db.write_on_thread(sessions, _insert, 2) == threading.get_ident()
-        with pytest.raises(ValueError, match="refused"):
-            await db.write_on_thread(sessions, _insert, 3, fail=True)
-        await db.write(sessions, _insert, 4)  # the lock went back after the failure too
-        assert await db.read(sessions, _values) == [1, 2, 4]
+    """Long transactions (ingest's group commits) go to the writer thread, never the loop's, while the
+    write lock is held: they queue behind an async session's writer like any writer of this instance,
+    run in the order handed over, a failed one rolls back alone, and the lock goes back only when the
+    last has ended. A writer waiting meanwhile shows as ``contended``."""
+    async with table_t(f"sqlite+aiosqlite:///{tmp_path / 'c.db'}") as (engine, sessions):
+        write_lock = db._THREADS[engine.sync_engine.dialect].write_lock
+
+        async def hand_over() -> list[int | BaseException]:
+            async with db.writes_on_thread(sessions) as writer:
+                assert writer is not None
+                jobs = [writer.submit(_insert, 2), writer.submit(functools.partial(_insert, fail=True), 3)]
+                jobs.append(writer.submit(_slow_insert, 4))
+                assert not writer.contended
+                waiting = asyncio.create_task(db.write(sessions, _insert, 5))
+                await asyncio.sleep(0.05)
+                assert writer.contended and not waiting.done()
+            await asyncio.sleep(0.1)
+            # Not given back yet, the slow one still running: the other writer still waits for it.
+            assert write_lock.waiting == 1 and not waiting.done()
+            results = await asyncio.gather(*jobs, return_exceptions=True)
+            await asyncio.wait_for(waiting, 5)
+            return results
+
+        async with sessions() as session, session.begin():
+            await session.execute(text("INSERT INTO t (v) VALUES (1)"))
+            queued = asyncio.create_task(hand_over())
+            await asyncio.sleep(0.1)
+            assert not queued.done()
+        two, three, four = await asyncio.wait_for(queued, 5)
+        assert two == four != threading.get_ident()
+        assert isinstance(three, ValueError)
+        assert await db.read(sessions, _values) == [1, 2, 4, 5]
+        assert not write_lock._lock.locked()
+
+
+async def test_no_writer_thread_for_an_in_memory_database() -> None:
+    async with (
+        table_t("sqlite+aiosqlite:///:memory:") as (_engine, sessions),
+        db.writes_on_thread(sessions) as writer,
+    ):
+        assert writer is None
 
 
 async def test_the_loops_own_connection_leaves_checkpoints_to_a_thread_and_the_wal_stays_bounded(
