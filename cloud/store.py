@@ -249,9 +249,9 @@ class PreparedBatch:
 def prepare_batch(batch: EventBatch, *, sqlite: bool = True) -> PreparedBatch:
     """:class:`PreparedBatch` for ``batch``; ``sqlite``: build SQLite's rows too.
 
-    One pass over the events, in (ts, seq) order, builds the rows, the device changes and the readings
-    (what :func:`_sqlite_rows` and :func:`_device_changes` give): this runs for every event a backlog
-    drains, on the thread every other stage of ingest needs too."""
+    One pass over the events, in (ts, seq) order, builds SQLite's rows, the device changes and the
+    readings (what :func:`_device_changes` gives): this runs for every event a backlog drains, on the
+    thread every other stage of ingest needs too."""
     by_id = {e.id: e for e in batch.events}
     ordered = sorted(by_id.values(), key=_event_order)
     site, gateway = batch.site_id, batch.gateway_id
@@ -406,14 +406,6 @@ def _sqlite_ts(value: datetime) -> str:
     return text_[:26] if value.microsecond else f"{text_[:19]}.000000"
 
 
-def _sqlite_ts_cached(value: datetime, cache: dict[datetime, str]) -> str:
-    """:func:`_sqlite_ts` memoised per batch: its events share received_at and often ts."""
-    text_ = cache.get(value)
-    if text_ is None:
-        text_ = cache[value] = _sqlite_ts(value)
-    return text_
-
-
 class _SqliteDriver:
     """The aiosqlite connection under a session's transaction, for the statements of a backlog drain.
 
@@ -540,31 +532,6 @@ _SQLITE_INSERT = (
     "INSERT INTO events (id, site_id, gateway_id, seq, device_id, type, severity, ts, received_at,"
     " location, data, stored_at)"
 )
-
-
-def _sqlite_rows(batch: EventBatch, by_id: dict[str, Event]) -> dict[str, tuple[Any, ...]]:
-    site, gateway = batch.site_id, batch.gateway_id
-    locations: dict[tuple[Any, ...], str] = {}
-    times: dict[datetime, str] = {}
-    # The per-batch caches are read inline: this loop runs once per event.
-    severities, time_text, to_json_ = _SEVERITY, _sqlite_ts_cached, _json
-    rows = {}
-    for i, e in by_id.items():
-        event_type, ts, received_at, location = e.type, e.ts, e.received_at, e.location
-        rows[i] = (
-            i,
-            site,
-            gateway,
-            e.seq,
-            e.device_id,
-            event_type,
-            severities.get(event_type) or _severity(event_type),
-            times.get(ts) or time_text(ts, times),
-            times.get(received_at) or time_text(received_at, times),
-            None if location is None else _location_json(location, locations),
-            to_json_(e.data),
-        )
-    return rows
 
 
 def _store_group_sqlite(
