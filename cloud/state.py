@@ -76,9 +76,8 @@ def numeric_points(data: dict[str, Any]) -> dict[str, float]:
     (a later one wins over an earlier one of the same name). Numbers as JSON gives them: ``int`` or
     ``float``, never ``bool``; names of 1 to 64 characters."""
     # Runs for every reading ingested: exact type checks in comprehensions, no call per value.
-    out = {k: float(v) for k, v in data.items() if (type(v) is float or type(v) is int) and 0 < len(k) <= 64}
-    for nested in ("points", "values"):
-        source = data.get(nested)
+    out: dict[str, float] = {}
+    for source in (data, data.get("points"), data.get("values")):
         if type(source) is dict:
             out.update(
                 {

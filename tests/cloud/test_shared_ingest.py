@@ -105,16 +105,6 @@ async def test_two_instances_one_killed_nothing_lost_or_duplicated() -> None:
         "STEWARD_CLOUD_COMMAND_SIGNING_KEY_FILE": str(state / "command-signing.pem"),
         "STEWARD_CLOUD_BROKER_ACCOUNTS_FILE": str(state / "broker-accounts.json"),
     }
-    b = cloud_settings(
-        1883,
-        PG_URL,
-        client_id=f"cloud-b-{prefix[-6:]}",
-        database_schema=schema,
-        topic_prefix=prefix,
-        shared_subscription=True,
-        command_signing_key_file=state / "command-signing.pem",
-        broker_accounts_file=state / "broker-accounts.json",
-    )
     batches = [
         make_batch([make_event("meter-1", "meter.reading", i * PER_BATCH + j) for j in range(PER_BATCH)])
         for i in range(BATCHES)
@@ -126,6 +116,18 @@ async def test_two_instances_one_killed_nothing_lost_or_duplicated() -> None:
                 while not reachable("127.0.0.1", a_port):  # it migrates the schema first
                     assert proc_a.poll() is None, (state / "cloud-a.log").read_text()[-2000:]
                     await asyncio.sleep(0.1)
+            # B's HTTP port is picked only now: while A started, its own connections took ephemeral
+            # ports, once the very one picked for B seconds before ("address already in use").
+            b = cloud_settings(
+                1883,
+                PG_URL,
+                client_id=f"cloud-b-{prefix[-6:]}",
+                database_schema=schema,
+                topic_prefix=prefix,
+                shared_subscription=True,
+                command_signing_key_file=state / "command-signing.pem",
+                broker_accounts_file=state / "broker-accounts.json",
+            )
             async with (
                 httpx.AsyncClient(base_url=f"http://127.0.0.1:{a_port}", timeout=10) as http_a,
                 running_cloud(b) as cloud_b,
