@@ -18,6 +18,7 @@ and status messages end a group, so nothing overtakes them.
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import sys
 import time
@@ -253,7 +254,8 @@ class Ingest:
                 if writer is not None:
                     held = await self._chain(writer, group, held, queue, stored)
                     continue
-            for done in await self._store_group(group):  # a session: PostgreSQL, an in-memory SQLite
+            # A session: PostgreSQL, an in-memory SQLite.
+            for done in await self._finish(group, self._commit(group), self._commit):
                 await stored.put(done)
 
     @staticmethod
@@ -296,9 +298,9 @@ class Ingest:
                     if more:
                         running.append((more, self._submit(writer, more)))
                     continue
-            await asyncio.wait({submitted.job})
             running.popleft()
-            for done in await self._finish(writer, group, submitted):
+            retry = functools.partial(self._commit_on_thread, writer)
+            for done in await self._finish(group, submitted.result(), retry):
                 await stored.put(done)
         return held
 
@@ -316,43 +318,30 @@ class Ingest:
                 queued.cancel()
 
     async def _finish(
-        self, writer: db.ThreadWriter, group: list[_Parsed], submitted: store.SubmittedGroup
+        self,
+        group: list[_Parsed],
+        outcomes: Awaitable[list[store.BatchOutcome]],
+        commit: Callable[[list[_Parsed]], Awaitable[list[store.BatchOutcome]]],
     ) -> list[tuple[EventBatch, store.BatchOutcome]]:
-        """Acknowledge a group whose transaction has ended; the batches stored, with their outcomes. If
-        it failed, each batch gets a transaction of its own, so one bad batch cannot hold back the
-        others."""
+        """Acknowledge a group once ``outcomes`` (its transaction) has ended; the batches stored, with their
+        outcomes. If it failed, each batch gets a transaction of its own (``commit``), so one bad batch
+        cannot hold back the others."""
         try:
-            outcomes = submitted.outcomes()
+            done = await outcomes
         except Exception as exc:
             if len(group) == 1:
                 self._store_failed(group[0], exc)
                 return []
             self.log.warning("ingest.group_failed_retrying_singly", batches=len(group), error=str(exc)[:200])
-            done = []
-            for item in group:
-                single = self._submit(writer, [item])
-                await asyncio.wait({single.job})
-                done += await self._finish(writer, [item], single)
-            return done
-        for item, outcome in zip(group, outcomes, strict=True):
+            return [stored for item in group for stored in await self._finish([item], commit([item]), commit)]
+        for item, outcome in zip(group, done, strict=True):
             self._acknowledge(item.topics, item.batch, outcome, item.started)
-        return [(item.batch, outcome) for item, outcome in zip(group, outcomes, strict=True)]
+        return [(item.batch, outcome) for item, outcome in zip(group, done, strict=True)]
 
-    async def _store_group(self, group: list[_Parsed]) -> list[tuple[EventBatch, store.BatchOutcome]]:
-        """As :meth:`_chain` and :meth:`_finish`, in a session."""
-        try:
-            outcomes = await self._commit(group)
-        except Exception as exc:
-            if len(group) > 1:
-                self.log.warning(
-                    "ingest.group_failed_retrying_singly", batches=len(group), error=str(exc)[:200]
-                )
-                return [done for item in group for done in await self._store_group([item])]
-            self._store_failed(group[0], exc)
-            return []
-        for item, outcome in zip(group, outcomes, strict=True):
-            self._acknowledge(item.topics, item.batch, outcome, item.started)
-        return [(item.batch, outcome) for item, outcome in zip(group, outcomes, strict=True)]
+    async def _commit_on_thread(
+        self, writer: db.ThreadWriter, group: list[_Parsed]
+    ) -> list[store.BatchOutcome]:
+        return await self._submit(writer, group).result()
 
     async def _commit(self, group: list[_Parsed]) -> list[store.BatchOutcome]:
         async with self.sessions() as session, session.begin():

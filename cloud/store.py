@@ -129,9 +129,10 @@ class SubmittedGroup:
     now: datetime
     job: asyncio.Future[list[list[str] | None]]  # per batch, the ids it inserted (None: all)
 
-    def outcomes(self) -> list[BatchOutcome]:
-        """Once ``job`` is done: each batch's outcome, as :func:`ingest_group` gives them (or its error)."""
-        return _sqlite_outcomes(self.work, self.job.result(), self.now)
+    async def result(self) -> list[BatchOutcome]:
+        """Each batch's outcome once the transaction has ended, as :func:`ingest_group` gives them (or
+        its error)."""
+        return _sqlite_outcomes(self.work, await self.job, self.now)
 
 
 def submit_group(

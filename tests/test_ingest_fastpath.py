@@ -389,9 +389,7 @@ async def test_group_ends_as_its_batches_stored_one_by_one(tmp_path: Path, kind:
                 async with threaded.sessions() as session, session.begin():
                     outcomes["threaded"] = await store.ingest_group(session, prepared, now)
             else:
-                submitted = store.submit_group(writer, prepared, now)
-                await submitted.job
-                outcomes["threaded"] = submitted.outcomes()
+                outcomes["threaded"] = await store.submit_group(writer, prepared, now).result()
         outcomes["single"] = []
         for b in group:
             async with single.sessions() as session, session.begin():
