@@ -15,11 +15,13 @@ against them.
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, select, update
+from sqlalchemy import Connection, bindparam, literal_column, select, update
 
+from cloud.db import Statement
 from cloud.tables import CommandAudit, CommandRow, Device, Gateway
 from protocol.models import CommandResult, CommandStatus
 
@@ -28,14 +30,15 @@ NON_FINAL = [s.value for s in CommandStatus if not s.final]
 
 _COMMANDS = CommandRow.__table__
 _C = _COMMANDS.c
-_INSERT_COMMAND = _COMMANDS.insert()
-_INSERT_AUDIT = CommandAudit.__table__.insert()
-_GET_COMMAND = select(*_C).where(_C.id == bindparam("b_id"))
-_GET_DEVICE = select(Device.id, Device.kind, Device.site_id, Device.gateway_id).where(
-    Device.id == bindparam("b_id")
+_INSERT_COMMAND = Statement(_COMMANDS.insert())
+_AUDIT_COLUMNS = ["command_id", "operator", "device_id", "action", "status", "reason", "at"]
+_INSERT_AUDIT = Statement(CommandAudit.__table__.insert(), _AUDIT_COLUMNS)
+_GET_COMMAND = Statement(select(*_C).where(_C.id == bindparam("b_id")))
+_GET_DEVICE = Statement(
+    select(Device.id, Device.kind, Device.site_id, Device.gateway_id).where(Device.id == bindparam("b_id"))
 )
 _GATEWAY = Gateway.__table__.c
-_MARK_SEEN = (
+_MARK_SEEN = Statement(
     update(Gateway.__table__)
     .where(
         _GATEWAY.id == bindparam("b_id"),
@@ -45,6 +48,16 @@ _MARK_SEEN = (
     )
     .values(online=True, last_seen=bindparam("b_now", type_=_GATEWAY.last_seen.type))
 )
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceRef:
+    """What a command needs of its device."""
+
+    id: str
+    kind: str
+    site_id: str
+    gateway_id: str
 
 
 def rank(status: CommandStatus) -> int:
@@ -57,9 +70,11 @@ def _below(status: CommandStatus) -> list[str]:
 
 
 @functools.cache
-def _advance(*, reason: bool, state: bool, gateway: bool) -> Any:
-    """UPDATE a command to a new status if it is still in one of ``b_below`` (and, for a gateway's
-    result, is that gateway's), RETURNING the row; one statement per combination of what it sets."""
+def _advance(status: CommandStatus, *, reason: bool, state: bool, gateway: bool) -> Statement:
+    """UPDATE a command to ``status`` if it is still in one it may move from (and, for a gateway's
+    result, is that gateway's), RETURNING the row; one statement per status and combination of what it
+    sets. The statuses it may move from are constants in the SQL (our own enum's values): an expanding
+    list of binds would have to be rendered anew on each call."""
     values: dict[str, Any] = {
         "status": bindparam("b_status"),
         "updated_at": bindparam("b_now", type_=_C.updated_at.type),
@@ -68,10 +83,11 @@ def _advance(*, reason: bool, state: bool, gateway: bool) -> Any:
         values["result_reason"] = bindparam("b_reason")
     if state:
         values["result_state"] = bindparam("b_state", type_=_C.result_state.type)
-    where = [_C.id == bindparam("b_id"), _C.status.in_(bindparam("b_below", expanding=True))]
+    below = [literal_column(f"'{s}'") for s in _below(status)]
+    where = [_C.id == bindparam("b_id"), _C.status.in_(below)]
     if gateway:
         where.append(_C.gateway_id == bindparam("b_gateway"))
-    return update(_COMMANDS).where(*where).values(values).returning(*_C)
+    return Statement(update(_COMMANDS).where(*where).values(values).returning(*_C))
 
 
 def _audit_row(cmd: CommandRow, status: str, reason: str | None, at: datetime) -> dict[str, Any]:
@@ -87,25 +103,26 @@ def _audit_row(cmd: CommandRow, status: str, reason: str | None, at: datetime) -
 
 
 def audit(conn: Connection, cmd: CommandRow, status: str, reason: str | None, at: datetime) -> None:
-    conn.execute(_INSERT_AUDIT, _audit_row(cmd, status, reason, at))
+    _INSERT_AUDIT.execute(conn, _audit_row(cmd, status, reason, at))
 
 
-def device(conn: Connection, device_id: str) -> Any:
+def device(conn: Connection, device_id: str) -> DeviceRef | None:
     """The device's id, kind, site_id and gateway_id, or None."""
-    return conn.execute(_GET_DEVICE, {"b_id": device_id}).first()
+    row = _GET_DEVICE.first(conn, {"b_id": device_id})
+    return None if row is None else DeviceRef(**row)
 
 
 def insert(conn: Connection, cmd: CommandRow, reason: str | None) -> None:
     """A new command, with ``pending`` (the operator's ``reason``) and its current status audited."""
-    conn.execute(_INSERT_COMMAND, {c.name: getattr(cmd, c.key) for c in _COMMANDS.columns})
+    _INSERT_COMMAND.execute(conn, {c.name: getattr(cmd, c.key) for c in _COMMANDS.columns})
     audit(conn, cmd, CommandStatus.PENDING.value, reason, cmd.issued_at)
     if cmd.status != CommandStatus.PENDING.value:
         audit(conn, cmd, cmd.status, None, cmd.issued_at)
 
 
 def get(conn: Connection, command_id: str) -> CommandRow | None:
-    row = conn.execute(_GET_COMMAND, {"b_id": command_id}).first()
-    return None if row is None else CommandRow(**row._mapping)
+    row = _GET_COMMAND.first(conn, {"b_id": command_id})
+    return None if row is None else CommandRow(**row)
 
 
 def apply_result(conn: Connection, result: CommandResult, now: datetime) -> CommandRow | None:
@@ -116,7 +133,6 @@ def apply_result(conn: Connection, result: CommandResult, now: datetime) -> Comm
     params: dict[str, Any] = {
         "b_id": result.command_id,
         "b_gateway": result.gateway_id,
-        "b_below": _below(result.status),
         "b_status": result.status.value,
         "b_now": now,
     }
@@ -124,10 +140,12 @@ def apply_result(conn: Connection, result: CommandResult, now: datetime) -> Comm
         params["b_reason"] = result.reason
     if result.state:
         params["b_state"] = result.state
-    statement = _advance(reason=result.reason is not None, state=bool(result.state), gateway=True)
-    row = conn.execute(statement, params).first()
+    statement = _advance(
+        result.status, reason=result.reason is not None, state=bool(result.state), gateway=True
+    )
+    row = statement.first(conn, params)
     if row is not None:
-        cmd = CommandRow(**row._mapping)
+        cmd = CommandRow(**row)
         if result.accepted_at is not None and result.status.final:
             # The gateway finished before it announced taking the command on: the trail shows both.
             audit(conn, cmd, CommandStatus.ACCEPTED.value, None, result.accepted_at)
@@ -146,16 +164,15 @@ def advance(
     """Cloud-side transition (failed to publish): only forward, never out of a final state."""
     params: dict[str, Any] = {
         "b_id": command_id,
-        "b_below": _below(status),
         "b_status": status.value,
         "b_now": now,
     }
     if reason is not None:
         params["b_reason"] = reason
-    row = conn.execute(_advance(reason=reason is not None, state=False, gateway=False), params).first()
+    row = _advance(status, reason=reason is not None, state=False, gateway=False).first(conn, params)
     if row is None:
         return None
-    cmd = CommandRow(**row._mapping)
+    cmd = CommandRow(**row)
     audit(conn, cmd, status.value, reason, now)
     return cmd
 
@@ -181,4 +198,4 @@ def mark_gateway_seen(conn: Connection, gateway_id: str, now: datetime, every: t
     """Mark a known gateway online and seen, writing only when that changes something or ``last_seen``
     is older than ``every``: for messages (command results) that arrive far more often than the
     offline detection needs, and that must not pay ``store.touch_gateway``'s two upserts each."""
-    conn.execute(_MARK_SEEN, {"b_id": gateway_id, "b_stale": now - every, "b_now": now})
+    _MARK_SEEN.execute(conn, {"b_id": gateway_id, "b_stale": now - every, "b_now": now})

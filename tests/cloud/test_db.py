@@ -235,3 +235,97 @@ async def test_the_loops_own_connection_leaves_checkpoints_to_a_thread_and_the_w
         assert len(await db.read(sessions, _values)) == 1200
     # Without checkpoints every commit appends at least one page: the WAL would grow with each round.
     assert sizes[2] <= sizes[0] * 1.2, sizes
+
+
+@contextlib.contextmanager
+def both_ways(tmp_path: Path) -> Iterator[tuple[Connection, Connection]]:
+    """Transactions on two SQLite files with the cloud's schema: one for db.Statement, one for
+    Connection.execute."""
+    from sqlalchemy import create_engine
+
+    from cloud.tables import Base
+
+    engines = [create_engine(f"sqlite:///{tmp_path / name}.db") for name in ("lean", "core")]
+    try:
+        for engine in engines:
+            Base.metadata.create_all(engine)
+        with engines[0].begin() as lean, engines[1].begin() as core:
+            yield lean, core
+    finally:
+        for engine in engines:
+            engine.dispose()
+
+
+def test_a_statement_binds_and_returns_what_connection_execute_does(tmp_path: Path) -> None:
+    """The short transactions of a command's round trip run their statements on SQLite's DB-API connection
+    (db.Statement): what they store and what they read back must be what SQLAlchemy's own execution
+    stores and returns, times (aware UTC in, aware UTC out), JSON and NULLs included."""
+    from datetime import UTC, datetime, timedelta, timezone
+
+    from sqlalchemy import bindparam, select, update
+
+    from cloud.tables import CommandRow
+
+    table = CommandRow.__table__
+    c = table.c
+    issued = datetime(2026, 11, 23, 22, 0, 1, 250000, tzinfo=timezone(timedelta(hours=8)))
+    row = {
+        "id": "cmd-1",
+        "device_id": "gate-1",
+        "gateway_id": "gw-1",
+        "site_id": "estate-a",
+        "action": "open",
+        "args": {"hold_s": 5, "note": "访客"},
+        "status": "sent",
+        "reason": None,
+        "result_reason": None,
+        "result_state": None,
+        "issued_by": "op",
+        "issued_at": issued,
+        "expires_at": issued + timedelta(seconds=30),
+        "updated_at": issued,
+    }
+    advance = (
+        update(table)
+        .where(c.id == bindparam("b_id"))
+        .values(status=bindparam("b_status"), result_state=bindparam("b_state", type_=c.result_state.type))
+        .returning(*c)
+    )
+    get = select(*c).where(c.id == bindparam("b_id"))
+    with both_ways(tmp_path) as (lean, core):
+        db.Statement(table.insert()).execute(lean, row)
+        core.execute(table.insert(), row)
+        moved = {"b_id": "cmd-1", "b_status": "succeeded", "b_state": {"state": "open", "loop": False}}
+        got = db.Statement(advance).first(lean, moved)
+        assert got == dict(core.execute(advance, moved).one()._mapping)
+        assert got is not None and got["issued_at"] == issued and got["issued_at"].tzinfo is UTC
+        assert got["result_state"] == {"state": "open", "loop": False} and got["reason"] is None
+        want = dict(core.execute(get, {"b_id": "cmd-1"}).one()._mapping)
+        assert db.Statement(get).all(lean, {"b_id": "cmd-1"}) == [want]
+        assert db.Statement(get).first(lean, {"b_id": "nope"}) is None
+        dump = "SELECT * FROM commands"  # stored alike, value for value
+        assert lean.exec_driver_sql(dump).all() == core.exec_driver_sql(dump).all()
+
+
+def test_a_statement_fails_as_connection_execute_would(tmp_path: Path) -> None:
+    from sqlalchemy import bindparam, select
+    from sqlalchemy.exc import IntegrityError, InvalidRequestError
+
+    from cloud.tables import Site
+
+    insert = db.Statement(Site.__table__.insert(), ["id", "name", "created_at", "updated_at"])
+    with both_ways(tmp_path) as (lean, _core):
+        with pytest.raises(InvalidRequestError, match="'created_at'"):
+            insert.execute(lean, {"id": "estate-a", "name": None})
+        from datetime import UTC, datetime
+
+        now = datetime.now(UTC)
+        insert.execute(lean, {"id": "estate-a", "name": None, "created_at": now, "updated_at": now})
+        with pytest.raises(IntegrityError, match="UNIQUE"):
+            insert.execute(lean, {"id": "estate-a", "name": None, "created_at": now, "updated_at": now})
+        read_only = lean.execution_options(**{db.READ_ONLY: True})
+        with pytest.raises(ReadOnlySessionError):
+            insert.execute(read_only, {"id": "estate-b", "name": None, "created_at": now, "updated_at": now})
+        get = db.Statement(select(Site.id).where(Site.id == bindparam("b_id")))
+        assert get.first(read_only, {"b_id": "estate-a"}) == {"id": "estate-a"}
+        assert lean.exec_driver_sql("SELECT count(*) FROM sites").scalar() == 1
