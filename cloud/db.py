@@ -60,8 +60,12 @@ WRITE_LOCK_TIMEOUT_S = 30.0
 _HOLDS_WRITE_LOCK = "steward_holds_write_lock"
 # Readers that run a whole read transaction on a thread (see _SqliteThreads); long-polls and API reads.
 _READ_THREADS = 2
-# Commits on the event loop's own SQLite connection between two passive WAL checkpoints on a thread.
-CHECKPOINT_EVERY = 500
+# How often, at most, a commit (through _SqliteThreads) starts a passive WAL checkpoint on a thread of
+# its own: during a backlog's drain every quarter second copies ~6 MB back beside the writes.
+CHECKPOINT_INTERVAL_S = 0.25
+# A WAL that passive checkpoints have let grow past this (writes never paused long enough for one to
+# copy it all back) gets one under the write lock, which completes, and the WAL starts afresh.
+WAL_LIMIT_BYTES = 64 * 1024 * 1024
 T = TypeVar("T")
 P = ParamSpec("P")
 
@@ -163,11 +167,16 @@ class _SqliteThreads:
     well under a millisecond, and a hand-off to a thread and back cost more than that (the thread
     also competes for the GIL with the loop it hands back to). That connection never waits: its
     ``busy_timeout`` is 0, so when another process holds the database's lock, the transaction goes to
-    the writer thread (or a reader thread), which waits for it there, off the loop. It never
-    checkpoints the WAL either (a checkpoint writes and syncs the database file): every
-    ``CHECKPOINT_EVERY`` commits the writer thread runs a passive checkpoint while this instance's
-    writers wait (with writes going on, a passive checkpoint rarely copies the whole WAL back, and the
-    WAL only starts afresh after one that did).
+    the writer thread (or a reader thread), which waits for it there, off the loop.
+
+    Neither connection checkpoints the WAL at commit: a checkpoint copies the WAL into the database
+    file and syncs it (~10 ms for 4 MB here), and SQLite's automatic one ran inside whichever commit
+    crossed 1,000 pages, holding the write lock while a command waited behind it (the command round
+    trip's slowest percent). ``CHECKPOINT_INTERVAL_S`` after a commit, a passive one runs on a thread
+    of its own, without the write lock (writers go on meanwhile), and again as long as commits come.
+    When writes never pause long enough for one to copy the whole WAL back (a backlog draining), the
+    WAL cannot start afresh and grows; past ``WAL_LIMIT_BYTES`` the next writer to finish holds the
+    write lock on until a checkpoint has run to completion.
 
     Writers take the async engine's :class:`_WriteLock` first, so they take turns with the async
     sessions' writers; readers use a deferred ``BEGIN`` (under WAL they neither wait for nor block a
@@ -177,7 +186,7 @@ class _SqliteThreads:
         # check_same_thread: a pooled connection moves between this engine's threads, one user at a time.
         self.engine: Engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
         self.direct: Engine = create_engine(url, connect_args={"check_same_thread": False})
-        for engine, pragmas in ((self.engine, _sqlite_pragmas), (self.direct, _direct_pragmas)):
+        for engine, pragmas in ((self.engine, _thread_pragmas), (self.direct, _direct_pragmas)):
             event.listen(engine, "connect", pragmas)
             event.listen(engine, "begin", _begin_here)
             event.listen(engine, "before_cursor_execute", _read_only_guard)
@@ -186,28 +195,26 @@ class _SqliteThreads:
         self.write_lock = write_lock
         self._writer: concurrent.futures.ThreadPoolExecutor | None = None
         self._readers: concurrent.futures.ThreadPoolExecutor | None = None
-        self._commits = 0
+        self._checkpointer: concurrent.futures.ThreadPoolExecutor | None = None
+        self._checkpointing = threading.Lock()  # held while the checkpointer thread has work
+        self._dirty = False  # commits since the checkpointer last looked
+        self._stop = threading.Event()
+        self.wal_over_limit = False  # the next writer to finish runs a checkpoint to completion
+        self._page_bytes: int | None = None
 
     async def write(self, fn: Callable[..., T], *args: Any) -> T:
         await self.write_lock.take()
         try:
-            result = self._run(self.direct, fn, args)
+            result = self._write(self.direct, fn, args)
         except OperationalError as exc:
             if not _busy(exc):
-                self.write_lock.give_back()
+                self.give_back()
                 raise
         except BaseException:
-            self.write_lock.give_back()
+            self.give_back()
             raise
         else:
-            self._commits += 1
-            if self._commits % CHECKPOINT_EVERY:
-                self.write_lock.give_back()
-            else:
-                # The caller has its result now; this instance's writers wait until the checkpoint is
-                # done, so it can copy the whole WAL back and the next commit starts the WAL afresh.
-                checkpoint = self._submit_write(_checkpoint, self.engine)
-                checkpoint.add_done_callback(lambda _job: self.write_lock.give_back())
+            self.give_back()
             return result
         # Another process holds SQLite's lock (nothing ran: BEGIN IMMEDIATE is the first statement):
         # wait for it on the writer thread, still holding this instance's lock.
@@ -217,19 +224,66 @@ class _SqliteThreads:
         """``fn`` in a transaction on the writer thread; the caller holds the write lock, which goes back
         when the transaction has ended."""
         try:
-            job = self._submit_write(self._run, self.engine, fn, args)
+            job = self._submit_write(self._write, self.engine, fn, args)
         except BaseException:
-            self.write_lock.give_back()
+            self.give_back()
             raise
         try:
             return await asyncio.wrap_future(job)
         finally:
             # A cancelled caller does not stop a transaction already running: the lock goes back when it
             # has committed or rolled back, not before.
-            if job.done():
-                self.write_lock.give_back()
-            else:
-                job.add_done_callback(lambda _job: self.write_lock.give_back())
+            self.give_back_after(job)
+
+    def give_back(self) -> None:
+        """End a writer's hold on the write lock; first, if the WAL has grown past its limit, run a
+        checkpoint on the writer thread (no writer of this instance can start meanwhile)."""
+        if not self.wal_over_limit:
+            self.write_lock.give_back()
+            return
+        self.wal_over_limit = False
+        checkpoint = self._submit_write(_checkpoint, self.engine)
+        checkpoint.add_done_callback(lambda _job: self.write_lock.give_back())
+
+    def give_back_after(self, job: concurrent.futures.Future[Any]) -> None:
+        """:meth:`give_back` once ``job``, on the writer thread, has ended."""
+        if job.done():
+            self.give_back()
+        else:
+            job.add_done_callback(lambda _job: self.give_back())
+
+    def _write(self, engine: Engine, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+        result = self._run(engine, fn, args)
+        self._dirty = True
+        if self._checkpointing.acquire(blocking=False):
+            if self._checkpointer is None:
+                self._stop.clear()  # used again after dispose()
+                self._checkpointer = concurrent.futures.ThreadPoolExecutor(
+                    1, thread_name_prefix="steward-db-checkpoint"
+                )
+            self._checkpointer.submit(self._checkpoints)
+        return result
+
+    def _checkpoints(self) -> None:
+        """On the checkpointer thread: a passive checkpoint CHECKPOINT_INTERVAL_S after a commit, for as
+        long as commits come."""
+        while True:
+            try:
+                while self._dirty:
+                    if self._stop.wait(CHECKPOINT_INTERVAL_S):
+                        return
+                    self._dirty = False
+                    # Even one that copies every page leaves the WAL growing: it starts afresh only if a
+                    # writer begins with every page copied back, and under a steady stream of commits
+                    # another has always committed first.
+                    wal_pages, _copied = _checkpoint(self.engine)
+                    if wal_pages * self._page_size() > WAL_LIMIT_BYTES:
+                        self.wal_over_limit = True
+            finally:
+                self._checkpointing.release()
+            # A commit after the last look, while this still held the lock, started no thread of its own.
+            if not self._dirty or not self._checkpointing.acquire(blocking=False):
+                return
 
     def _submit_write(self, fn: Callable[..., T], *args: Any) -> concurrent.futures.Future[T]:
         if self._writer is None:
@@ -253,11 +307,18 @@ class _SqliteThreads:
         with engine.begin() as conn:
             return fn(conn, *args)
 
+    def _page_size(self) -> int:
+        if self._page_bytes is None:
+            with self.engine.connect() as conn:
+                self._page_bytes = int(conn.exec_driver_sql("PRAGMA page_size").scalar_one())
+        return self._page_bytes
+
     def dispose(self) -> None:
-        for pool in (self._writer, self._readers):
+        self._stop.set()
+        for pool in (self._writer, self._readers, self._checkpointer):
             if pool is not None:
                 pool.shutdown(wait=True)
-        self._writer = self._readers = None
+        self._writer = self._readers = self._checkpointer = None
         self.engine.dispose()
         self.direct.dispose()
 
@@ -266,21 +327,31 @@ def _busy(exc: OperationalError) -> bool:
     return getattr(exc.orig, "sqlite_errorcode", None) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
 
-def _checkpoint(engine: Engine) -> None:
+def _checkpoint(engine: Engine) -> tuple[int, int]:
+    """A passive checkpoint: (pages in the WAL, pages of it now copied back); (0, 0) if it failed."""
     try:
         with engine.connect() as conn:
             # On the DB-API connection: through SQLAlchemy it would run inside a BEGIN, where SQLite
             # refuses to checkpoint ("database table is locked").
-            conn.connection.dbapi_connection.execute("PRAGMA wal_checkpoint(PASSIVE)")  # type: ignore[union-attr]
+            raw = conn.connection.dbapi_connection
+            _, wal_pages, copied = raw.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()  # type: ignore[union-attr]
+            return int(wal_pages), int(copied)
     except Exception as exc:  # nobody awaits this job; the next one tries again
         log.warning("db.checkpoint_failed", error=str(exc)[:200])
+        return 0, 0
+
+
+def _thread_pragmas(dbapi_conn: Any, record: Any) -> None:
+    _sqlite_pragmas(dbapi_conn, record)
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA wal_autocheckpoint=0")  # never inside a commit: _SqliteThreads checkpoints
+    cur.close()
 
 
 def _direct_pragmas(dbapi_conn: Any, record: Any) -> None:
-    _sqlite_pragmas(dbapi_conn, record)
+    _thread_pragmas(dbapi_conn, record)
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA busy_timeout=0")  # on the event loop: never wait for another process's lock
-    cur.execute("PRAGMA wal_autocheckpoint=0")  # nor write back the WAL; _checkpoint does, on a thread
     cur.close()
 
 
@@ -338,7 +409,7 @@ class ThreadWriter:
 
     def submit(self, fn: Callable[Concatenate[Connection, P], T], *args: P.args) -> asyncio.Future[T]:
         """``fn(conn, *args)`` in a write transaction of its own on the writer thread; its result."""
-        job = self._threads._submit_write(self._threads._run, self._threads.engine, fn, args)
+        job = self._threads._submit_write(self._threads._write, self._threads.engine, fn, args)
         self._last = job
         return asyncio.wrap_future(job)
 
@@ -364,10 +435,10 @@ async def writes_on_thread(sessions: async_sessionmaker[AsyncSession]) -> AsyncI
         yield writer
     finally:
         last = writer._last  # the thread runs them in order: the last one ends last
-        if last is None or last.done():
-            threads.write_lock.give_back()
+        if last is None:
+            threads.give_back()
         else:
-            last.add_done_callback(lambda _job: threads.write_lock.give_back())
+            threads.give_back_after(last)
 
 
 def _call(fn: Callable[..., T], kwargs: dict[str, Any]) -> Callable[..., T]:

@@ -217,24 +217,36 @@ async def test_no_writer_thread_for_an_in_memory_database() -> None:
         assert writer is None
 
 
-async def test_the_loops_own_connection_leaves_checkpoints_to_a_thread_and_the_wal_stays_bounded(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("pauses", [True, False], ids=["writes-pause", "writes-never-pause"])
+async def test_checkpoints_run_beside_the_writers_and_the_wal_stays_bounded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pauses: bool
 ) -> None:
-    """The event loop's connection never checkpoints (that writes and syncs the database file); it asks
-    the writer thread every CHECKPOINT_EVERY commits, so a cloud writing only through it keeps a
-    bounded WAL rather than one that grows with every command."""
-    monkeypatch.setattr(db, "CHECKPOINT_EVERY", 50)
+    """No commit checkpoints (a checkpoint inside a commit held the write lock while a command waited);
+    every CHECKPOINT_INTERVAL_S a passive one runs on a thread of its own. When writes pause it copies
+    the whole WAL back and the WAL starts afresh; when they never do, the WAL grows only to
+    WAL_LIMIT_BYTES, where one runs under the write lock to completion."""
+    monkeypatch.setattr(db, "CHECKPOINT_INTERVAL_S", 0.01)
+    monkeypatch.setattr(db, "WAL_LIMIT_BYTES", 10**12 if pauses else 256 * 1024)
     path = tmp_path / "c.db"
-    async with table_t(f"sqlite+aiosqlite:///{path}") as (_engine, sessions):
+    async with table_t(f"sqlite+aiosqlite:///{path}") as (engine, sessions):
+        threads = db._THREADS[engine.sync_engine.dialect]
+        for each in (threads.engine, threads.direct):
+            with each.connect() as conn:
+                assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == 0
         wal = path.with_name("c.db-wal")
         sizes = []
         for _ in range(3):
             for i in range(400):
                 await db.write(sessions, _insert, i)
+                if pauses and i % 100 == 99:
+                    await asyncio.sleep(0.1)  # the passive checkpoint copies all back meanwhile
             sizes.append(wal.stat().st_size)
         assert len(await db.read(sessions, _values)) == 1200
-    # Without checkpoints every commit appends at least one page: the WAL would grow with each round.
-    assert sizes[2] <= sizes[0] * 1.2, sizes
+    # Without checkpoints every commit appends at least one page: 1,200 pages, ~5 MB.
+    if pauses:
+        assert sizes[2] <= sizes[0] * 1.2, sizes
+    else:
+        assert max(sizes) < 1024 * 1024, sizes
 
 
 @contextlib.contextmanager
