@@ -201,11 +201,22 @@ class _SqliteThreads:
         self._stop = threading.Event()
         self.wal_over_limit = False  # the next writer to finish runs a checkpoint to completion
         self._page_bytes: int | None = None
+        # The event loop's own two connections (read-only or not), kept checked out: a pool checkout,
+        # its reset and its return cost a third of a command's short transaction.
+        self._held: dict[bool, Connection] = {}
+
+    def _on_loop(self, read_only: bool) -> Connection:
+        conn = self._held.get(read_only)
+        if conn is None or conn.closed or conn.invalidated or conn.in_transaction():
+            if conn is not None:
+                conn.close()
+            conn = self._held[read_only] = (self.direct_read if read_only else self.direct).connect()
+        return conn
 
     async def write(self, fn: Callable[..., T], *args: Any) -> T:
         await self.write_lock.take()
         try:
-            result = self._write(self.direct, fn, args)
+            result = self._write(self._on_loop(False), fn, args)
         except OperationalError as exc:
             if not _busy(exc):
                 self.give_back()
@@ -252,8 +263,8 @@ class _SqliteThreads:
         else:
             job.add_done_callback(lambda _job: self.give_back())
 
-    def _write(self, engine: Engine, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
-        result = self._run(engine, fn, args)
+    def _write(self, source: Engine | Connection, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+        result = self._run(source, fn, args)
         self._dirty = True
         if self._checkpointing.acquire(blocking=False):
             if self._checkpointer is None:
@@ -292,7 +303,7 @@ class _SqliteThreads:
 
     async def read(self, fn: Callable[..., T], *args: Any) -> T:
         try:
-            return self._run(self.direct_read, fn, args)
+            return self._run(self._on_loop(True), fn, args)
         except OperationalError as exc:
             if not _busy(exc):
                 raise
@@ -303,8 +314,11 @@ class _SqliteThreads:
         return await asyncio.wrap_future(self._readers.submit(self._run, self.read_engine, fn, args))
 
     @staticmethod
-    def _run(engine: Engine, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
-        with engine.begin() as conn:
+    def _run(source: Engine | Connection, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+        if isinstance(source, Connection):
+            with source.begin():
+                return fn(source, *args)
+        with source.begin() as conn:
             return fn(conn, *args)
 
     def _page_size(self) -> int:
@@ -319,6 +333,9 @@ class _SqliteThreads:
             if pool is not None:
                 pool.shutdown(wait=True)
         self._writer = self._readers = self._checkpointer = None
+        for conn in self._held.values():
+            conn.close()
+        self._held.clear()
         self.engine.dispose()
         self.direct.dispose()
 
