@@ -244,8 +244,7 @@ async def _run(
                     "uplink": {"broker_url": f"mqtt://127.0.0.1:{port}"},
                     "buffer": {
                         "path": str(buf_path),
-                        "batch_size": BATCH,
-                        "linger_ms": 0,
+                        "batch_size": BATCH,  # the default linger_ms (50): a backlog never lingers
                         "resend_timeout_s": 30,
                         "max_bytes": 4 * 1024**3,
                     },

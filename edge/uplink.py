@@ -72,6 +72,7 @@ class Uplink:
         self._inflight: dict[str, _InFlight] = {}
         self._slots = asyncio.Semaphore(window)
         self._sending: set[asyncio.Task[None]] = set()
+        self._backlog = False  # the last take was a full batch: more are likely waiting
         self.stats = UplinkStats()
         self.log = log.bind(site=topics.site_id, gateway=topics.gateway_id)
 
@@ -102,12 +103,16 @@ class Uplink:
         while True:
             if not self.client.is_connected:
                 await self.client.wait_connected(timeout=None)
-            if not await self.buffer.wait_for_events(timeout=1.0):
+            waiting = await self.buffer.wait_for_events(timeout=0)
+            if not waiting and not await self.buffer.wait_for_events(timeout=1.0):
                 continue
-            # Linger briefly so a burst leaves as one batch instead of many tiny ones.
-            if self.config.linger_ms:
+            # Linger briefly so a burst leaves as one batch instead of many tiny ones; but not while a
+            # backlog drains (events were waiting and the last take filled a batch): a pause per batch
+            # would cap the drain at batch_size / linger (10,000 events/s by default).
+            if self.config.linger_ms and not (waiting and self._backlog):
                 await asyncio.sleep(self.config.linger_ms / 1000)
             seqs, events_json = await self.buffer.take_json(self.config.batch_size)
+            self._backlog = len(seqs) >= self.config.batch_size
             if seqs:
                 batch_id = new_id()
                 # The EventBatch's JSON around the events the buffer serialised (no model per event);
