@@ -35,7 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +66,7 @@ async def _fill(path: Path, n: int) -> None:
                     EventDraft(
                         f"meter-{i % 50}",
                         "meter.reading",
-                        now,
+                        now + timedelta(milliseconds=i),  # each reading its own time, as meters send them
                         {"kwh": 1000.0 + i, "v": 229.8, "w": 880.0},
                         loc,
                     )

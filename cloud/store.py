@@ -261,6 +261,7 @@ def prepare_batch(batch: EventBatch, *, sqlite: bool = True) -> PreparedBatch:
     readings: list[tuple[str, str, int, float]] = []
     locations: dict[tuple[Any, ...], str] = {}
     times: dict[datetime, str] = {}
+    minutes: dict[tuple[int, ...], str] = {}
     severities, kinds, to_json_, utc = _SEVERITY, _KINDS, _json, UTC
     for e in ordered:
         event_type, data, device_id, ts = e.type, e.data, e.device_id, e.ts
@@ -281,12 +282,12 @@ def prepare_batch(batch: EventBatch, *, sqlite: bool = True) -> PreparedBatch:
             continue
         ts_text = times.get(ts)
         if ts_text is None:
-            ts_text = times[ts] = _sqlite_ts(ts) if ts.tzinfo is not utc else _utc_text(ts)
+            ts_text = times[ts] = _sqlite_ts(ts) if ts.tzinfo is not utc else _utc_text(ts, minutes)
         received_at = e.received_at
         received_text = times.get(received_at)
         if received_text is None:
             received_text = times[received_at] = (
-                _sqlite_ts(received_at) if received_at.tzinfo is not utc else _utc_text(received_at)
+                _sqlite_ts(received_at) if received_at.tzinfo is not utc else _utc_text(received_at, minutes)
             )
         location = e.location
         rows[e.id] = (
@@ -326,10 +327,20 @@ def _kind(event_type: str) -> int:
     return kind
 
 
-def _utc_text(value: datetime) -> str:
-    """:func:`_sqlite_ts` of a time whose tzinfo is ``datetime.UTC``, as every validated time's is."""
-    text_ = value.isoformat(" ")
-    return text_[:26] if value.microsecond else f"{text_[:19]}.000000"
+def _utc_text(value: datetime, minutes: dict[tuple[int, ...], str] | None = None) -> str:
+    """:func:`_sqlite_ts` of a time whose tzinfo is ``datetime.UTC``, as every validated time's is.
+
+    ``minutes``: the texts of the minutes already seen (a batch's events mostly share a few): the
+    seconds are formatted onto them, at 2/3 of the cost of ``isoformat`` (3 µs a time here, two per
+    event)."""
+    if minutes is None:
+        text_ = value.isoformat(" ")
+        return text_[:26] if value.microsecond else f"{text_[:19]}.000000"
+    key = (value.year, value.month, value.day, value.hour, value.minute)
+    head = minutes.get(key)
+    if head is None:
+        head = minutes[key] = value.isoformat(" ")[:17]
+    return f"{head}{value.second:02d}.{value.microsecond:06d}"
 
 
 async def touch_batch_gateway(

@@ -561,3 +561,13 @@ async def test_running_cloud_opens_work_order_for_reading_above_limit(tmp_path: 
             )
             readings = (await cloud.http.get("/api/v1/devices/meter-7")).json()["state"]["reading"]["value"]
             assert readings == {"power_w": 31000, "kwh": 5}
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.datetimes(timezones=st.just(UTC)), min_size=1, max_size=20))
+def test_a_batchs_utc_times_are_stored_as_sqlalchemy_would_store_them(times: list[datetime]) -> None:
+    """prepare_batch formats UTC times onto the text of their minute, cached per batch: the same text as
+    SQLAlchemy's DATETIME on SQLite, whole seconds (".000000") and years before 1000 included."""
+    minutes: dict[tuple[int, ...], str] = {}
+    for t in times + [t.replace(microsecond=0) for t in times]:
+        assert store._utc_text(t, minutes) == store._utc_text(t) == store._sqlite_ts(t)
