@@ -68,12 +68,26 @@ async def _until_reachable(port: int, proc: subprocess.Popen[bytes], what: str) 
             await asyncio.sleep(0.05)
 
 
+# The child processes of the running layout, by role: their CPU per command is printed (it moves much
+# less with this shared machine's load than the milliseconds do).
+_PIDS: dict[str, int] = {}
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process so far (Linux)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @contextlib.contextmanager
-def _child(args: list[str], env: dict[str, str] | None = None) -> Any:
+def _child(args: list[str], env: dict[str, str] | None = None, *, role: str) -> Any:
     proc = subprocess.Popen(args, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE)
+    _PIDS[role] = proc.pid
     try:
         yield proc
     finally:
+        _PIDS.pop(role, None)
         proc.terminate()
         try:
             proc.wait(15)
@@ -91,7 +105,7 @@ async def _amqtt(layout: str) -> AsyncIterator[int]:
             yield broker.port
         return
     port = _free_port()
-    with _child([*_STEWARD, "broker", "run", "--port", str(port)]) as proc:
+    with _child([*_STEWARD, "broker", "run", "--port", str(port)], role="broker") as proc:
         await _until_reachable(port, proc, "the broker")
         yield port
 
@@ -109,7 +123,7 @@ async def _mosquitto(layout: str) -> AsyncIterator[int]:
             f"listener {port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\n"
             "persistence false\nlog_dest none\n"
         )
-        with _child(["mosquitto", "-c", str(conf)]) as proc:
+        with _child(["mosquitto", "-c", str(conf)], role="broker") as proc:
             await _until_reachable(port, proc, "mosquitto")
             yield port
 
@@ -278,8 +292,10 @@ async def _system(port: int, tmp: Path, layout: str) -> AsyncIterator[str]:
     site_file = tmp / "site.json"
     site_file.write_text(json.dumps(site))
     with (
-        _child([*_STEWARD, "cloud", "run", "--log-level", "WARNING"], env) as cloud,
-        _child([sys.executable, "-m", "bench.bench_command_rtt", "--edge-child", str(site_file)]) as edge,
+        _child([*_STEWARD, "cloud", "run", "--log-level", "WARNING"], env, role="cloud") as cloud,
+        _child(
+            [sys.executable, "-m", "bench.bench_command_rtt", "--edge-child", str(site_file)], role="gateway"
+        ) as edge,
     ):
         await _until_reachable(http_port, cloud, "the cloud")
         assert edge.stdout is not None
@@ -291,9 +307,10 @@ async def _system(port: int, tmp: Path, layout: str) -> AsyncIterator[str]:
 
 async def _command_rtt(
     port: int, n: int, tmp: Path, layout: str
-) -> tuple[list[float], list[float], list[float]]:
+) -> tuple[list[float], list[float], list[float], dict[str, float]]:
     """Samples of ``open`` answered in one request (POST ?wait) from a lean client and from httpx, and
-    with long-polls (httpx), alternating."""
+    with long-polls (httpx), alternating; and each child process's CPU milliseconds per command (the
+    opens and the closes between them)."""
     from cloud import CloudSettings
     from cloud.auth import create_user
 
@@ -318,8 +335,11 @@ async def _command_rtt(
                 while (await http.get(f"/devices/{GATE}")).status_code != 200:  # noqa: ASYNC110
                     await asyncio.sleep(0.05)
             await _command(http, "close")
+            pids = dict(_PIDS)
+            cpu_before = {role: _cpu_s(pid) for role, pid in pids.items()}
+            rounds = 3 * (n + 10)
             try:
-                for i in range(3 * (n + 10)):
+                for i in range(rounds):
                     way = (samples, with_httpx, polled)[i % 3]
                     t0 = time.perf_counter()
                     if way is samples:
@@ -336,7 +356,8 @@ async def _command_rtt(
                     await _command(http, "close")  # untimed: the next open drives the gate again
             finally:
                 await lean.close()
-    return samples, with_httpx, polled
+            cpu = {role: 1000 * (_cpu_s(pid) - cpu_before[role]) / (2 * rounds) for role, pid in pids.items()}
+    return samples, with_httpx, polled, cpu
 
 
 async def _echo(client: MqttClient, reply: str) -> None:
@@ -378,7 +399,7 @@ async def _run(n: int, which: str, layout: str) -> None:
     for name, broker in brokers:
         with tempfile.TemporaryDirectory() as tmp:
             async with broker(layout) as port:
-                cmd, with_httpx, polled = await _command_rtt(port, n, Path(tmp), layout)
+                cmd, with_httpx, polled, cpu = await _command_rtt(port, n, Path(tmp), layout)
                 raw = await _raw_rtt(port, n)
         c50, c99, r50, r99 = _pct(cmd, 0.5), _pct(cmd, 0.99), _pct(raw, 0.5), _pct(raw, 0.99)
         print(f"{name}, layout {layout}: n={n}")
@@ -394,6 +415,11 @@ async def _run(n: int, which: str, layout: str) -> None:
         print(f"  raw MQTT publish-and-echo                 p50 {r50:7.2f} ms  p99 {r99:7.2f} ms")
         mean_ratio = statistics.mean(cmd) / statistics.mean(raw)
         print(f"  ratio command/raw                         p50 {c50 / r50:7.1f}x   mean {mean_ratio:.1f}x")
+        if cpu:
+            print(
+                "  CPU per command (opens and closes)        "
+                + ", ".join(f"{r} {ms:.2f} ms" for r, ms in cpu.items())
+            )
 
 
 def main() -> None:

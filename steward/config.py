@@ -103,7 +103,12 @@ class BufferConfig(_Strict):
     max_bytes: int = Field(default=512 * 1024 * 1024, ge=64 * 1024)
     max_age_days: float = Field(default=30, gt=0)
     batch_size: int = Field(default=500, ge=1, le=5000)
-    linger_ms: int = Field(default=50, ge=0, le=10_000)
+    linger_ms: int = Field(
+        default=50,
+        ge=0,
+        le=10_000,
+        description="How long live events wait to leave together as one batch; a backlog never waits",
+    )
     resend_timeout_s: float = Field(default=10, gt=0)
     synchronous: Literal["NORMAL", "FULL"] = Field(
         default="NORMAL",
