@@ -3,9 +3,10 @@
 Each function takes a synchronous :class:`~sqlalchemy.Connection` inside the caller's transaction and is
 run through :func:`cloud.db.write` / :func:`cloud.db.read`: one code path for SQLite and PostgreSQL, and
 on a SQLite file the whole transaction is one hand-off from the event loop. These are on every command's
-round trip, so the statements are built once with bind parameters: building, caching and compiling a
-statement per call (``.values(...)`` with literals, ORM loads and flushes) cost 1 to 1.5 ms of CPU per
-transaction, many times what SQLite takes to run it.
+round trip, so the statements are built once with bind parameters (building, caching and compiling a
+statement per call, ``.values(...)`` with literals, ORM loads and flushes, cost 1 to 1.5 ms of CPU per
+transaction, many times what SQLite takes to run it) and run as :class:`cloud.db.Statement`, which on
+SQLite skips ``Connection.execute``'s per-call set-up too.
 
 Status only moves forward (pending -> sent -> accepted -> a final one); the conditions in the UPDATEs
 make each move atomic without row locks, on PostgreSQL too: a concurrent writer's update is re-checked
