@@ -41,17 +41,12 @@ import httpx
 
 from protocol import new_id
 from steward.mqtt import MqttClient
+from steward.net import free_port
 
 GATE = "gate-1"
 ROOT = Path(__file__).resolve().parents[1]
 # Child processes import from the tree this file is in (a checkout of another commit measures that).
 _STEWARD = [sys.executable, "-c", "from steward.cli import app; app()"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _reachable(port: int) -> bool:
@@ -104,7 +99,7 @@ async def _amqtt(layout: str) -> AsyncIterator[int]:
         async with EmbeddedBroker(port=0) as broker:
             yield broker.port
         return
-    port = _free_port()
+    port = free_port()
     with _child([*_STEWARD, "broker", "run", "--port", str(port)], role="broker") as proc:
         await _until_reachable(port, proc, "the broker")
         yield port
@@ -116,7 +111,7 @@ async def _mosquitto(layout: str) -> AsyncIterator[int]:
     point that matters here, ``set_tcp_nodelay true`` (the machine's broker on 1883 may not set it, and
     then every QoS 1 hop waits ~40 ms on Nagle and delayed ACKs). Anonymous: the bench measures latency,
     tests/security covers the accounts."""
-    port = _free_port()
+    port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
         conf = Path(tmp) / "mosquitto.conf"
         conf.write_text(
@@ -273,10 +268,10 @@ async def _system(port: int, tmp: Path, layout: str) -> AsyncIterator[str]:
     from protocol.signing import public_key_b64
 
     prefix = f"bench{new_id().lower()[-8:]}"
-    http_port = _free_port()
+    http_port = free_port()
     env = _cloud_env(port, tmp, prefix, http_port)
     settings = CloudSettings.from_env(env)
-    site = _site(port, tmp, prefix, _free_port(), public_key_b64(load_command_signing_key(settings)))
+    site = _site(port, tmp, prefix, free_port(), public_key_b64(load_command_signing_key(settings)))
     if layout == "one":
         async with asyncio.TaskGroup() as tg:
             ready = asyncio.Event()

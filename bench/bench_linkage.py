@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-import socket
 import statistics
 import sys
 import tempfile
@@ -32,6 +31,7 @@ from protocol import Event
 from protocol.models import utcnow
 from steward.config import SiteConfig, parse_site_config
 from steward.logging import configure_logging
+from steward.net import free_port
 
 PANEL_POLL_S = 0.2
 ZONE = 3
@@ -40,18 +40,12 @@ DOORS = ("door-1", "door-2")
 GATE = "gate-1"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _site(tmp: Path) -> SiteConfig:
     def modbus(unit: int = 1) -> dict[str, Any]:
         return {
             "type": "modbus_tcp",
             "host": "127.0.0.1",
-            "port": _free_port(),
+            "port": free_port(),
             "unit": unit,
             "timeout_s": 0.5,
         }
@@ -79,7 +73,7 @@ def _site(tmp: Path) -> SiteConfig:
             "site_name": "Bench",
             "gateway_id": "bench-gw",
             # Nothing listens here: the cloud is absent, as in the worst case the linkage is for.
-            "uplink": {"broker_url": f"mqtt://127.0.0.1:{_free_port()}"},
+            "uplink": {"broker_url": f"mqtt://127.0.0.1:{free_port()}"},
             "buffer": {"path": str(tmp / "edge.db")},
             "devices": devices,
         },

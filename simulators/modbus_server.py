@@ -14,7 +14,6 @@ every write from the client. Each unit can be switched into a failure mode for f
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
@@ -24,6 +23,8 @@ from pymodbus.exceptions import NoSuchIdException
 from pymodbus.framer import FramerType
 from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import SimData, SimDevice
+
+from steward.net import free_port
 
 __all__ = ["ModbusSimServer", "SimUnit", "UnitMode", "WriteHook", "free_port"]
 
@@ -36,13 +37,6 @@ _FC_TABLE: dict[int, TableName] = {1: "coils", 5: "coils", 15: "coils", 2: "disc
 _FC_TABLE.update(dict.fromkeys((3, 6, 16, 22, 23), "holding"))
 
 log = structlog.get_logger("steward.sim.modbus")
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port free on ``host`` right now (prefer port=0 on the server where possible)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 class SimUnit:

@@ -14,7 +14,6 @@ still not meant to face the internet (see docs/security.md).
 
 from __future__ import annotations
 
-import socket
 from types import TracebackType
 from typing import Any
 
@@ -27,14 +26,7 @@ from amqtt.session import Session
 from amqtt.utils import format_client_message, gen_client_id
 
 from steward.broker_auth import BrokerAccounts, amqtt_plugins
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nobody listens on right now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        port: int = s.getsockname()[1]
-        return port
+from steward.net import free_port
 
 
 class _AuthenticateFirstBroker(Broker):  # type: ignore[misc]  # amqtt ships no type hints

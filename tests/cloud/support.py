@@ -30,6 +30,7 @@ from protocol import (
     new_id,
 )
 from steward.mqtt import MqttClient
+from steward.net import free_port
 
 SITE, GATEWAY = "estate-a", "gw-1"
 DEVICES = [
@@ -37,12 +38,6 @@ DEVICES = [
     DeviceInfo(id="door-1", kind="door_access", model="generic"),
     DeviceInfo(id="meter-1", kind="smart_meter", model="generic"),
 ]
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def reachable(host: str, port: int) -> bool:
