@@ -14,9 +14,12 @@ still not meant to face the internet (see docs/security.md).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from types import TracebackType
 from typing import Any
 
+import structlog
 from amqtt.adapters import ReaderAdapter, WriterAdapter
 from amqtt.broker import Broker
 from amqtt.errors import AMQTTError, MQTTError, NoDataError
@@ -28,8 +31,42 @@ from amqtt.utils import format_client_message, gen_client_id
 from steward.broker_auth import BrokerAccounts, amqtt_plugins
 from steward.net import free_port
 
+log = structlog.get_logger("steward.broker")
 
-class _AuthenticateFirstBroker(Broker):  # type: ignore[misc]  # amqtt ships no type hints
+
+# How long amqtt's own shutdown may take before the connections it left open are aborted.
+SHUTDOWN_TIMEOUT_S = 5.0
+
+
+class _TrackedBroker(Broker):  # type: ignore[misc]  # amqtt ships no type hints
+    """amqtt's broker, knowing its open connections, so that :meth:`EmbeddedBroker.stop` can end them
+    when amqtt's own shutdown does not: it awaits each session handler's reader task, and one
+    cancelled before it had started never signals that it stopped (a store-and-forward test hung for
+    its whole 180 s when the gateway reconnected just as the broker stopped)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.connections: set[asyncio.StreamWriter] = set()
+
+    async def stream_connected(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, listener_name: str
+    ) -> None:
+        self.connections.add(writer)
+        try:
+            await super().stream_connected(reader, writer, listener_name)
+        finally:
+            self.connections.discard(writer)
+
+    def force_close(self) -> None:
+        """Stop listening and drop every connection, whatever state amqtt's shutdown is in."""
+        for server in self._servers.values():  # amqtt's listeners (pinned amqtt<0.13)
+            if server.instance is not None:
+                server.instance.close()
+        for writer in list(self.connections):
+            writer.transport.abort()
+
+
+class _AuthenticateFirstBroker(_TrackedBroker):
     """amqtt's broker, but a CONNECT is authenticated (password *and* client id, by the auth plugins)
     before the broker looks at any existing session with that client id.
 
@@ -120,13 +157,25 @@ class EmbeddedBroker:
             "listeners": {"default": {"type": "tcp", "bind": f"{self.host}:{self.port}"}},
             "plugins": self._plugins,
         }
-        self._broker = Broker(config) if self.accounts is None else _AuthenticateFirstBroker(config)
+        self._broker = _TrackedBroker(config) if self.accounts is None else _AuthenticateFirstBroker(config)
         await self._broker.start()
 
     async def stop(self) -> None:
         broker, self._broker = self._broker, None
-        if broker is not None:
-            await broker.shutdown()
+        if broker is None:
+            return
+        shutdown = asyncio.ensure_future(broker.shutdown())
+        done, _ = await asyncio.wait({shutdown}, timeout=SHUTDOWN_TIMEOUT_S)
+        if done:
+            shutdown.result()
+            return
+        # Its port must be free again (a restarted broker binds it) and no client may stay connected
+        # to a broker that is gone.
+        log.warning("broker.shutdown_stalled", port=self.port, open_connections=len(broker.connections))
+        shutdown.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await shutdown
+        broker.force_close()
 
     async def __aenter__(self) -> EmbeddedBroker:
         await self.start()
