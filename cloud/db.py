@@ -287,8 +287,7 @@ class _SqliteThreads:
                     # Even one that copies every page leaves the WAL growing: it starts afresh only if a
                     # writer begins with every page copied back, and under a steady stream of commits
                     # another has always committed first.
-                    wal_pages, _copied = _checkpoint(self.engine)
-                    if wal_pages * self._page_size() > WAL_LIMIT_BYTES:
+                    if _checkpoint(self.engine) * self._page_size() > WAL_LIMIT_BYTES:
                         self.wal_over_limit = True
             finally:
                 self._checkpointing.release()
@@ -344,18 +343,18 @@ def _busy(exc: OperationalError) -> bool:
     return getattr(exc.orig, "sqlite_errorcode", None) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
 
-def _checkpoint(engine: Engine) -> tuple[int, int]:
-    """A passive checkpoint: (pages in the WAL, pages of it now copied back); (0, 0) if it failed."""
+def _checkpoint(engine: Engine) -> int:
+    """A passive checkpoint; the pages in the WAL (0 if it failed)."""
     try:
         with engine.connect() as conn:
             # On the DB-API connection: through SQLAlchemy it would run inside a BEGIN, where SQLite
             # refuses to checkpoint ("database table is locked").
             raw = conn.connection.dbapi_connection
-            _, wal_pages, copied = raw.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()  # type: ignore[union-attr]
-            return int(wal_pages), int(copied)
+            _, wal_pages, _copied = raw.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()  # type: ignore[union-attr]
+            return int(wal_pages)
     except Exception as exc:  # nobody awaits this job; the next one tries again
         log.warning("db.checkpoint_failed", error=str(exc)[:200])
-        return 0, 0
+        return 0
 
 
 def _thread_pragmas(dbapi_conn: Any, record: Any) -> None:
