@@ -100,14 +100,23 @@ async def bench_record_many(path: Path, n: int) -> float:
         return n / (time.perf_counter() - t)
 
 
-async def bench_concurrent_record(path: Path, n: int, concurrency: int = 1000) -> tuple[float, int]:
+async def bench_concurrent_record(path: Path, n: int, producers: int = 1000) -> tuple[float, int]:
+    """``producers`` long-lived tasks, each recording its share one event at a time: the gateway's shape,
+    one supervisor task per device awaiting ``record()`` for each reading, so no task is created per event."""
     drafts = _drafts(n)
+    shares = [drafts[i::producers] for i in range(producers)]
     async with await EventBuffer.open(BufferConfig(path=path)) as buf:
         start = buf.commits
         _frozen_inputs()
+
+        async def device(share: list[EventDraft]) -> None:
+            for draft in share:
+                await buf.record(draft)
+
         t = time.perf_counter()
-        for i in range(0, n, concurrency):
-            await asyncio.gather(*(buf.record(d) for d in drafts[i : i + concurrency]))
+        async with asyncio.TaskGroup() as tg:
+            for share in shares:
+                tg.create_task(device(share))
         rate = n / (time.perf_counter() - t)
         return rate, buf.commits - start
 
@@ -149,7 +158,7 @@ def _verdict(ok: bool) -> str:
     return "ok" if ok else "BELOW GOAL"
 
 
-async def _main(events: int, rss_events: int) -> None:
+async def _main(events: int, rss_events: int, rounds: int) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-buffer-"))
     try:
         print(
@@ -157,17 +166,25 @@ async def _main(events: int, rss_events: int) -> None:
             f"SQLite {sqlite3.sqlite_version}"
         )
         rows = await _rows_like_buffer(tmp, events)
-        raw = bench_raw(tmp / "raw.db", rows)
+        # Rounds alternate the three so a change in the machine's speed (a shared host) hits all of them;
+        # each figure is its best round.
+        raw = many = conc = 0.0
+        commits = 0
+        for r in range(rounds):
+            raw = max(raw, bench_raw(tmp / f"raw{r}.db", rows))
+            many = max(many, await bench_record_many(tmp / f"many{r}.db", events))
+            rate, commits = await bench_concurrent_record(tmp / f"conc{r}.db", events)
+            conc = max(conc, rate)
+            gc.unfreeze()
         del rows
-        many = await bench_record_many(tmp / "many.db", events)
-        conc, commits = await bench_concurrent_record(tmp / "conc.db", events)
+        print(f"  best of {rounds} alternating rounds")
         print(f"  raw sqlite3 executemany        {raw:>12,.0f} events/s   (baseline)")
         print(
             f"  EventBuffer.record_many        {many:>12,.0f} events/s   {many / raw:6.1%} of raw   "
             f"{_verdict(many >= GOAL_RATE and many / raw >= GOAL_RATIO)}"
         )
         print(
-            f"  EventBuffer.record x1000 conc. {conc:>12,.0f} events/s   {conc / raw:6.1%} of raw   "
+            f"  EventBuffer.record, 1000 tasks {conc:>12,.0f} events/s   {conc / raw:6.1%} of raw   "
             f"{_verdict(conc >= GOAL_RATE and conc / raw >= GOAL_RATIO)}   "
             f"({commits:,} transactions, {events / max(commits, 1):,.0f} events each)"
         )
@@ -198,9 +215,10 @@ def main() -> None:
         default=1_000_000,
         help="events to buffer for the memory figure (0 skips it)",
     )
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; each figure is its best")
     args = parser.parse_args()
     configure_logging("WARNING")  # the figures, not open/close chatter
-    asyncio.run(_main(args.events, args.rss_events))
+    asyncio.run(_main(args.events, args.rss_events, args.rounds))
 
 
 if __name__ == "__main__":

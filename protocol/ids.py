@@ -2,20 +2,20 @@
 
 A ULID is 48 bits of Unix milliseconds and 80 random bits in Crockford base32 (26 characters), so
 ids sort by creation time without coordination. Generated here rather than with python-ulid because
-the gateway stamps every event with one: a PRNG and base32 through the C codec make it about
-three times faster than python-ulid, which was a third of the buffer's per-event cost.
+the gateway stamps every event with one: a PRNG and a table of every two-character pair (10 bits a
+lookup) make one in ~0.6 µs, against ~2 µs through ``base64.b32encode`` (pure Python on 3.11) and
+more for python-ulid; ids were a third of the buffer's per-event cost.
 """
 
 from __future__ import annotations
 
-import base64
 import random
 import time
 
-_STD = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
 _CROCKFORD = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-_TO_CROCKFORD = bytes.maketrans(_STD, _CROCKFORD)
 _CROCKFORD_CHARS = frozenset(_CROCKFORD.decode())
+# Every 10-bit value as its two base32 characters, most significant first.
+_PAIRS = [a + b for a in _CROCKFORD.decode() for b in _CROCKFORD.decode()]
 # Ids must be unique, not unpredictable (commands are authenticated by signature, not by id), so a
 # PRNG seeded from the OS is enough and avoids a syscall per id.
 _random = random.Random(random.SystemRandom().getrandbits(128))
@@ -26,9 +26,15 @@ _last_prefix = ""
 
 
 def _time_prefix(ms: int) -> str:
-    # 48 bits of milliseconds fill 10 base32 characters (50 bits, the top two zero): place them at
-    # the front of 80 bits so the codec's first 10 characters are exactly those.
-    return base64.b32encode((ms << 30).to_bytes(10, "big"))[:10].translate(_TO_CROCKFORD).decode()
+    # 48 bits of milliseconds fill 10 base32 characters (50 bits, the top two zero).
+    pairs = _PAIRS
+    return (
+        pairs[(ms >> 40) & 1023]
+        + pairs[(ms >> 30) & 1023]
+        + pairs[(ms >> 20) & 1023]
+        + pairs[(ms >> 10) & 1023]
+        + pairs[ms & 1023]
+    )
 
 
 def new_id() -> str:
@@ -37,10 +43,18 @@ def new_id() -> str:
     ms = time.time_ns() // 1_000_000
     if ms != _last_ms:
         _last_ms, _last_prefix = ms, _time_prefix(ms)
-    # 80 random bits are exactly 16 base32 characters: no padding, no shifting.
+    # 80 random bits are exactly 16 base32 characters, eight pairs; unrolled, as a loop costs half again.
+    r, pairs = _random.getrandbits(80), _PAIRS
     return (
         _last_prefix
-        + base64.b32encode(_random.getrandbits(80).to_bytes(10, "big")).translate(_TO_CROCKFORD).decode()
+        + pairs[r >> 70]
+        + pairs[(r >> 60) & 1023]
+        + pairs[(r >> 50) & 1023]
+        + pairs[(r >> 40) & 1023]
+        + pairs[(r >> 30) & 1023]
+        + pairs[(r >> 20) & 1023]
+        + pairs[(r >> 10) & 1023]
+        + pairs[r & 1023]
     )
 
 

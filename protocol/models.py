@@ -61,7 +61,10 @@ def utcnow() -> datetime:
 
 
 def _aware(value: datetime) -> datetime:
-    if value.tzinfo is None:
+    tz = value.tzinfo
+    if tz is UTC:  # what every time the gateway stamps carries: nothing to convert
+        return value
+    if tz is None:
         raise ValueError("timestamp must carry a time zone (use UTC, e.g. 2026-01-01T00:00:00Z)")
     return value.astimezone(UTC)
 

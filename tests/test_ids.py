@@ -26,3 +26,18 @@ def test_timestamp_of_garbage_is_an_error() -> None:
 
     with pytest.raises(ValueError, match="not a ULID"):
         id_timestamp_ms("ILOU" * 7)
+
+
+def test_bits_are_encoded_as_the_reference_library_encodes_them(monkeypatch) -> None:
+    import random
+
+    from protocol import ids
+
+    for seed in range(50):
+        rng = random.Random(seed)
+        ms, bits = rng.getrandbits(48), rng.getrandbits(80)
+        fixed = random.Random()
+        fixed.getrandbits = lambda _n, bits=bits: bits  # type: ignore[method-assign]
+        monkeypatch.setattr(ids, "_random", fixed)
+        monkeypatch.setattr(ids.time, "time_ns", lambda ms=ms: ms * 1_000_000 + 999_999)
+        assert new_id() == str(ULID.from_bytes(ms.to_bytes(6, "big") + bits.to_bytes(10, "big")))
