@@ -13,6 +13,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
+from protocol.models import MAX_MESSAGE_BYTES
+
 ENV_PREFIX = "STEWARD_CLOUD_"
 
 
@@ -48,7 +50,7 @@ class CloudSettings(BaseModel):
         default=120, gt=0, description="Flag a gateway whose clock is further off"
     )
     sweep_interval_s: float = Field(default=1.0, gt=0, le=60)
-    max_payload_bytes: int = Field(default=1024 * 1024, ge=1024)
+    max_payload_bytes: int = Field(default=MAX_MESSAGE_BYTES, ge=1024)
     run_migrations: bool = Field(default=True, description="alembic upgrade head at start-up")
     # -- accounts, tokens, command signing, gateway registration (cloud/auth) --
     command_signing_key_file: Path | None = Field(

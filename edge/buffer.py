@@ -48,7 +48,7 @@ import structlog
 from pydantic import TypeAdapter, ValidationError
 
 from protocol.ids import new_id
-from protocol.models import Event, Location, Severity, event_severity, utcnow
+from protocol.models import MAX_EVENT_BYTES, Event, Location, Severity, event_severity, utcnow
 from steward.config import BufferConfig
 
 __all__ = [
@@ -125,6 +125,9 @@ _INSERT = (
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _SELECT_COLUMNS = "seq, id, device_id, type, ts, received_at, payload"
+# An event's wire JSON beyond its stored payload, at most: the id, seq, device id, type, two times and
+# the keys (device ids and types are bounded by the protocol).
+_EVENT_OVERHEAD = 400
 
 
 def _iso_sql(column: str) -> str:
@@ -334,6 +337,12 @@ class _Store:
                     if dumped is None:
                         dumped = locations[id(loc)] = loc.model_dump(exclude_none=True)
                     payload = {"d": e.data, "l": dumped}
+                payload_json = pydantic_core.to_json(payload).decode()
+                if len(payload_json) > MAX_EVENT_BYTES:
+                    raise ValueError(
+                        f"event {e.type} from {e.device_id}: its data and location are"
+                        f" {len(payload_json):,} bytes as JSON, more than the limit of {MAX_EVENT_BYTES:,}"
+                    )
                 received_us = received.get(e.received_at)
                 if received_us is None:
                     received_us = received[e.received_at] = _to_us(e.received_at)
@@ -346,7 +355,7 @@ class _Store:
                         _rank(e.type),
                         _to_us(e.ts),
                         received_us,
-                        pydantic_core.to_json(payload).decode(),
+                        payload_json,
                     )
                 )
         except BaseException:
@@ -539,8 +548,12 @@ class _Store:
             self.marks = [min(m, rewind) for m in self.marks]
         return any(m < h for m, h in zip(self.marks, self.handed, strict=True))
 
-    def _pick(self, limit: int, columns: str) -> list[tuple[Any, ...]]:
+    def _pick(
+        self, limit: int, columns: str, max_bytes: int | None = None, overhead: int = 1
+    ) -> list[tuple[Any, ...]]:
         """Up to ``limit`` rows not in flight, safety first then by seq, as ``columns`` (seq first).
+        ``max_bytes``: also stop before the rows' last column (JSON), plus ``overhead`` bytes each,
+        would pass that many bytes in all; the first row is always taken (see ``MAX_EVENT_BYTES``).
 
         Each class (safety, the rest) resumes after its high-water mark, the last seq it handed out:
         every row at or below it is in flight or gone, so with batches in flight a deep backlog costs
@@ -554,22 +567,28 @@ class _Store:
             f"SELECT {columns} FROM events WHERE seq > ? AND +severity != 0 ORDER BY seq",
         )
         in_flight = self.in_flight
+        budget = max_bytes if max_bytes is not None else math.inf
         for cls, sql in enumerate(queries):
-            if len(picked) >= limit:
+            if len(picked) >= limit or budget <= 0:
                 break
             mark = self.marks[cls]
             cur = self.conn.execute(sql, (mark,))
             try:
-                while len(picked) < limit:
+                while len(picked) < limit and budget > 0:
                     chunk = cur.fetchmany(max(limit - len(picked), 256) if in_flight else limit - len(picked))
                     if not chunk:
                         break
                     for row in chunk:
-                        mark = row[0]
-                        if mark not in in_flight:
-                            picked.append(row)
-                            if len(picked) >= limit:
+                        if row[0] not in in_flight:
+                            size = len(row[-1]) + overhead
+                            if size > budget and picked:
+                                budget = 0  # the mark stays before this row: the next take starts at it
                                 break
+                            budget -= size
+                            picked.append(row)
+                        mark = row[0]
+                        if len(picked) >= limit:
+                            break
             finally:
                 cur.close()
             self.marks[cls] = mark
@@ -601,19 +620,20 @@ class _Store:
         self._mark_taken([e.seq for e in events])
         return events
 
-    def take_json(self, limit: int) -> tuple[list[int], bytes]:
+    def take_json(self, limit: int, max_bytes: int | None = None) -> tuple[list[int], bytes]:
         """Like :meth:`take`, but the events come as their wire JSON (comma-separated, no brackets),
         built by SQLite from the stored row, with no model per event: the uplink's hot path.
 
         The rows were validated when they were written, so a first send trusts them. A resend (after
         ``release``: no ack came, perhaps because the cloud refused the batch) and rows SQLite cannot
         read as JSON go through :meth:`take`'s full validation instead, which drops a damaged row rather
-        than sending it again and again.
+        than sending it again and again. ``max_bytes`` bounds the joined JSON (a resend's by its stored
+        payloads, which are most of each event's JSON).
         """
         if not self._rewind():
             marks, handed = list(self.marks), list(self.handed)
             try:
-                picked = self._pick(limit, _JSON_COLUMNS)
+                picked = self._pick(limit, _JSON_COLUMNS, max_bytes)
             except sqlite3.OperationalError as exc:
                 if "JSON" not in str(exc):
                     raise
@@ -622,7 +642,7 @@ class _Store:
                 seqs = [row[0] for row in picked]
                 self._mark_taken(seqs)
                 return seqs, ",".join([row[1] for row in picked]).encode()
-        events = self._decode(self._pick(limit, _SELECT_COLUMNS))
+        events = self._decode(self._pick(limit, _SELECT_COLUMNS, max_bytes, _EVENT_OVERHEAD))
         return [e.seq for e in events], b",".join([e.to_bytes() for e in events])
 
     def ack(self, seqs: Sequence[int]) -> int:
@@ -951,12 +971,13 @@ class EventBuffer:
         events = await self._take(self._store.take, limit)
         return events
 
-    async def take_json(self, limit: int) -> tuple[list[int], bytes]:
+    async def take_json(self, limit: int, max_bytes: int | None = None) -> tuple[list[int], bytes]:
         """:meth:`take_batch` for the uplink: the seqs taken, and their events' wire JSON joined by
-        commas (the inside of ``EventBatch.events``), without building a model per event."""
+        commas (the inside of ``EventBatch.events``), without building a model per event; at most
+        ``max_bytes`` of it, or one event if that is larger."""
         if limit <= 0:
             return [], b""
-        return await self._take(self._store.take_json, limit)
+        return await self._take(functools.partial(self._store.take_json, max_bytes=max_bytes), limit)
 
     async def _take(self, fn: Callable[[int], T], limit: int) -> T:
         self._check_open()

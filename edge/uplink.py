@@ -27,6 +27,9 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("steward.uplink")
 
+# A batch's JSON around its events (version, ids, time, brackets), at most.
+_HEAD_BYTES = 512
+
 
 @dataclass(slots=True)
 class _Outgoing:
@@ -111,7 +114,9 @@ class Uplink:
             # would cap the drain at batch_size / linger (10,000 events/s by default).
             if self.config.linger_ms and not (waiting and self._backlog):
                 await asyncio.sleep(self.config.linger_ms / 1000)
-            seqs, events_json = await self.buffer.take_json(self.config.batch_size)
+            seqs, events_json = await self.buffer.take_json(
+                self.config.batch_size, self.config.max_batch_bytes - _HEAD_BYTES
+            )
             self._backlog = len(seqs) >= self.config.batch_size
             if seqs:
                 batch_id = new_id()

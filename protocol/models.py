@@ -17,6 +17,11 @@ PROTOCOL_VERSION = 1
 # Hard limits a receiver enforces before trusting anything else in a message.
 MAX_BATCH_EVENTS = 5000
 MAX_EVENT_TYPE_LEN = 64
+# An event's data and location, as JSON: the gateway refuses a larger event when it is recorded, so a
+# batch of one event always fits the smallest batch limit (BufferConfig.max_batch_bytes).
+MAX_EVENT_BYTES = 64 * 1024
+# The cloud's default limit on one uplink message (CloudSettings.max_payload_bytes).
+MAX_MESSAGE_BYTES = 1024 * 1024
 
 
 class _NativeCheck:

@@ -23,7 +23,7 @@ from pydantic import (
     model_validator,
 )
 
-from protocol.models import Location
+from protocol.models import MAX_EVENT_BYTES, MAX_MESSAGE_BYTES, Location
 from protocol.topics import check_segment
 
 Ident = Annotated[str, AfterValidator(lambda v: check_segment(v, "id"))]
@@ -108,6 +108,13 @@ class BufferConfig(_Strict):
         ge=0,
         le=10_000,
         description="How long live events wait to leave together as one batch; a backlog never waits",
+    )
+    max_batch_bytes: int = Field(
+        default=256 * 1024,
+        ge=2 * MAX_EVENT_BYTES,
+        le=MAX_MESSAGE_BYTES,
+        description="Upper bound of one uplink batch's JSON, below the cloud's max_payload_bytes (default"
+        " 1 MiB): the cloud refuses a larger message, and a batch it refuses is never acknowledged",
     )
     resend_timeout_s: float = Field(default=10, gt=0)
     synchronous: Literal["NORMAL", "FULL"] = Field(

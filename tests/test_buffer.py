@@ -530,3 +530,42 @@ async def test_a_stuck_commit_fails_record_after_the_commit_timeout(
         # The late commit still lands: the caller was told "possibly recorded", and it was.
         await asyncio.sleep(1.0)
         assert (await buf.stats()).depth == 2
+
+
+async def test_an_event_larger_than_the_protocol_allows_is_refused_and_the_rest_are_kept(
+    tmp_path: Path,
+) -> None:
+    from protocol.models import MAX_EVENT_BYTES
+
+    async with await EventBuffer.open(cfg(tmp_path)) as buf:
+        small, big, other = await asyncio.gather(
+            buf.record(draft(kwh=1.0)),
+            buf.record(draft("intercom.call", "intercom-1", sdp="x" * MAX_EVENT_BYTES)),
+            buf.record(draft(kwh=2.0)),
+            return_exceptions=True,
+        )
+        assert isinstance(big, ValueError)
+        assert "intercom.call from intercom-1" in str(big) and f"limit of {MAX_EVENT_BYTES:,}" in str(big)
+        assert isinstance(small, Event) and isinstance(other, Event)
+        assert [e.seq for e in await drain(buf)] == [small.seq, other.seq]
+
+
+async def test_take_json_is_bounded_in_bytes_and_the_next_take_resumes_where_it_stopped(
+    tmp_path: Path,
+) -> None:
+    async with await EventBuffer.open(cfg(tmp_path)) as buf:
+        await buf.record_many([draft(i=i, blob="b" * 10_000) for i in range(10)])
+        await buf.record(draft("fire.alarm", "panel-1", blob="f" * 10_000))
+        first, body = await buf.take_json(100, max_bytes=35_000)
+        assert first == [11, 1, 2]  # safety first, and as many as fit
+        assert 30_000 < len(body) <= 35_000
+        second, _ = await buf.take_json(100, max_bytes=35_000)
+        assert second == [3, 4, 5]
+        one, body = await buf.take_json(100, max_bytes=5_000)
+        assert one == [6] and len(body) > 10_000  # one event always goes, however small the bound
+        buf.release([*first, *second])  # no ack came: the resend path (full validation) bounds as well
+        again, body = await buf.take_json(100, max_bytes=35_000)
+        assert again == [11, 1, 2]
+        assert len(body) <= 35_000
+        rest, _ = await buf.take_json(100)
+        assert rest == [3, 4, 5, 7, 8, 9, 10]

@@ -220,3 +220,29 @@ async def _rows_at_least(db: Path, n: int) -> bool:
             return 0  # the cloud has not created its tables yet
 
     return await asyncio.to_thread(count) >= n
+
+
+async def test_large_events_leave_in_batches_the_cloud_accepts(tmp_path: Path) -> None:
+    """A batch is bounded in bytes as well as in events: 40 events of ~48 KB each are ~2 MB, twice the
+    cloud's limit on a message. Bounded by count only they left as one batch that the cloud refused
+    (too large) and that was never acknowledged, so resent for ever and none of them arrived."""
+    from edge.buffer import EventBuffer, EventDraft
+    from protocol.models import utcnow
+
+    async with EmbeddedBroker(port=0) as broker:
+        site = site_config(tmp_path, broker.port, [])
+        async with await EventBuffer.open(site.buffer) as buf:
+            await buf.record_many(
+                [
+                    EventDraft("intercom-1", "intercom.call", utcnow(), {"i": i, "sdp": "v=0" * 16_000})
+                    for i in range(40)
+                ]
+            )
+        db = tmp_path / "cloud.db"
+        async with cloud(db, broker.port), gateway_in_process(site) as gw:
+            await wait_until(lambda: _eq(buffered_depth(gw), 0), 30, "buffer drained")
+            batches = gw.uplink.stats.batches_sent
+        rows = cloud_rows(db)
+    assert_exactly_once_in_order(rows, at_least=40)
+    assert len(rows) == 40
+    assert batches >= 40 * 48_000 // site.buffer.max_batch_bytes
