@@ -20,7 +20,14 @@ async def serve(settings: CloudSettings, *, ready: asyncio.Event | None = None) 
     HTTP socket listens and ingest is subscribed to the broker. Cancelling shuts down cleanly."""
     app = create_app(settings)
     server = uvicorn.Server(
-        uvicorn.Config(app, host=settings.http_host, port=settings.http_port, log_config=None, lifespan="on")
+        uvicorn.Config(
+            app,
+            host=settings.http_host,
+            port=settings.http_port,
+            http="httptools",  # a dependency: never fall back to h11 silently
+            log_config=None,
+            lifespan="on",
+        )
     )
     async with asyncio.TaskGroup() as tg:
         serving = tg.create_task(server.serve(), name="cloud-http")

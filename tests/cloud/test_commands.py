@@ -4,6 +4,8 @@ service underneath on a real SQLite file (read sessions, the write lock, long-po
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sqlite3
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -144,19 +146,39 @@ async def test_a_result_does_not_wait_behind_a_backlog_of_event_batches(
         cmd = (await cloud.http.post("/api/v1/devices/gate-1/commands", json={"action": "open"})).json()
         wire = await gw.next_command()
         batches, per_batch = 30, 500
-        for b in range(batches):
-            events = [
-                make_event("meter-1", "meter.reading", b * per_batch + i + 1, {"energy_kwh": float(i)})
-                for i in range(per_batch)
-            ]
-            await gw.send_batch(make_batch(events))
-        await gw.answer(wire, CommandStatus.SUCCEEDED, gate="open")
+        backlog = [
+            make_batch(
+                [
+                    make_event("meter-1", "meter.reading", b * per_batch + i + 1, {"energy_kwh": float(i)})
+                    for i in range(per_batch)
+                ]
+            )
+            for b in range(batches)
+        ]
+        # Another process holds the database's write lock while the backlog and then the result arrive,
+        # so all of them are waiting in the cloud when it is released, as after an outage. (Sent while the
+        # cloud could commit, a fast machine had stored most of the backlog before the result was sent.)
+        db = sqlite_url.removeprefix("sqlite+aiosqlite:///")
+        with contextlib.closing(sqlite3.connect(db, isolation_level=None)) as blocker:
+            blocker.execute("BEGIN IMMEDIATE")
+            for batch in backlog:
+                await gw.send_batch(batch)
+            await gw.answer(wire, CommandStatus.SUCCEEDED, gate="open")
+            await asyncio.sleep(0.5)  # the result reaches its lane and waits for the lock too
+            blocker.execute("ROLLBACK")
         done = (await cloud.http.get(f"/api/v1/commands/{cmd['id']}", params={"wait": 10})).json()
         assert done["status"] == "succeeded"
-        assert await stored_events(cloud) < batches * per_batch, "the result waited for the whole backlog"
         for _ in range(batches):
             await gw.next_ack(timeout=30)  # and the backlog is still stored, all of it
         assert await stored_events(cloud) == batches * per_batch
+    # By the cloud's own clock: the result was applied before the backlog received ahead of it was all
+    # stored.
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        (last_stored,) = conn.execute("SELECT max(stored_at) FROM events").fetchone()
+    applied = datetime.fromisoformat(done["updated_at"])
+    assert applied < datetime.fromisoformat(last_stored).replace(tzinfo=UTC), (
+        "the result waited for the whole backlog"
+    )
 
 
 async def stored_events(cloud: RunningCloud) -> int:
