@@ -141,14 +141,26 @@ async def test_two_instances_one_killed_nothing_lost_or_duplicated() -> None:
                 assert served_a > 0, "instance A took no share of the load"
                 assert served_b > 0, "instance B took no share of the load"
 
-                # Mid-stream: the second third is published, and A dies while it is being ingested.
+                # Mid-stream: the second third is published, and A dies while it is being ingested. A
+                # lock on the events table holds both instances' transactions open until A is dead, so
+                # A surely dies with batches taken and not committed (without it, a fast machine had
+                # acknowledged the whole third before the kill landed).
                 second = batches[20:40]
                 pending = {x.batch_id: x for x in second}
-                for batch in second:
-                    await gw.send_batch(batch)
-                pending.pop((await gw.next_ack(timeout=10)).batch_id, None)  # ingest is under way
-                os.kill(proc_a.pid, signal.SIGKILL)
-                assert await asyncio.to_thread(proc_a.wait, 10) == -signal.SIGKILL
+                blocker = await asyncpg.connect(
+                    PG_URL.replace("+asyncpg", ""), server_settings={"search_path": schema}
+                )
+                try:
+                    async with blocker.transaction():
+                        await blocker.execute("LOCK TABLE events IN SHARE MODE")
+                        for batch in second:
+                            await gw.send_batch(batch)
+                        await asyncio.sleep(0.5)  # both instances have taken their share and wait
+                        os.kill(proc_a.pid, signal.SIGKILL)
+                        assert await asyncio.to_thread(proc_a.wait, 10) == -signal.SIGKILL
+                finally:
+                    await blocker.close()
+                await asyncio.sleep(0.5)
                 while not gw.acks.empty():
                     pending.pop(gw.acks.get_nowait().batch_id, None)
                 assert pending, "everything was acknowledged before the kill: not mid-stream"
