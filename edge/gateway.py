@@ -3,6 +3,8 @@
 Up: driver -> :meth:`Gateway.record` -> buffer (committed) -> uplink -> cloud.
 Down: cloud command -> :class:`CommandHandler` -> driver -> result up.
 The gateway starts and runs its building with the uplink down; MQTT reconnects in the background.
+A service that fails (a bug in the uplink, the status report, a command) is logged and started again;
+it never takes fire linkage and door access down with it, as one failed task in a TaskGroup would.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import contextlib
 import os
 import resource
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlparse
@@ -38,6 +41,10 @@ from steward.mqtt import MqttClient, MqttError, TlsSettings, Will
 
 EventHook = Callable[[Event], Awaitable[None]]
 HEALTH_INTERVAL_S = 60.0
+# A failed service starts again after this long, doubling while it keeps failing, up to the maximum;
+# back to the minimum once it has run for twice the maximum.
+RESTART_MIN_S = 1.0
+RESTART_MAX_S = 30.0
 
 log = structlog.get_logger("steward.gateway")
 
@@ -103,6 +110,7 @@ class Gateway:
         self.commands: CommandHandler | None = None
         self._started_at = time.time()
         self.malformed_downlink = 0
+        self.service_failures: Counter[str] = Counter()  # service name -> times it failed and restarted
 
     # ---- up ----------------------------------------------------------------------------------
     async def record(self, driver: Driver, reading: Reading) -> Event:
@@ -176,16 +184,51 @@ class Gateway:
                 for dev_id, driver in self.drivers.items():
                     sup = self.supervisors[dev_id] = DeviceSupervisor(driver, self.record)
                     tg.create_task(sup.run(), name=f"device:{dev_id}")
-                tg.create_task(self.uplink.run(), name="uplink")
-                tg.create_task(self.uplink.run_resender(), name="uplink-resend")
-                tg.create_task(self._downlink(tg), name="downlink")
-                tg.create_task(self._status_loop(), name="status")
-                tg.create_task(self.linkage.run(), name="fire-linkage")
-                tg.create_task(self.access.run(), name="access")
+                services: dict[str, Callable[[], Awaitable[None]]] = {
+                    "uplink": self.uplink.run,
+                    "uplink-resend": self.uplink.run_resender,
+                    "downlink": lambda: self._downlink(tg),
+                    "status": self._status_loop,
+                    "fire-linkage": self.linkage.run,
+                    "access": self.access.run,
+                }
+                for name, service in services.items():
+                    tg.create_task(self._keep_running(name, service), name=name)
                 self.started.set()
                 self.log.info("gateway.started")
         finally:
             await self._shutdown(client, device_client, hub, buffer)
+
+    async def _keep_running(self, name: str, run: Callable[[], Awaitable[None]]) -> None:
+        """Run a service until it returns; if it fails, log why and start it again."""
+        delay = RESTART_MIN_S
+        while True:
+            started = time.monotonic()
+            try:
+                await run()
+                return
+            except Exception:
+                self.service_failures[name] += 1
+                if time.monotonic() - started >= 2 * RESTART_MAX_S:
+                    delay = RESTART_MIN_S
+                self.log.exception(
+                    "gateway.service_failed",
+                    service=name,
+                    failures=self.service_failures[name],
+                    restart_in_s=delay,
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RESTART_MAX_S)
+
+    async def _handle_command(self, payload: bytes) -> None:
+        assert self.commands is not None
+        try:
+            await self.commands.handle(payload)
+        except Exception:
+            # The handler answers every failure it knows of; this is one it does not (a full disk
+            # under the result's record, a bug). The cloud expires the command; the gateway goes on.
+            self.service_failures["command"] += 1
+            self.log.exception("command.handling_failed", size=len(payload))
 
     async def _start_ble(self) -> None:
         """Start the one BLE scanner if any device needs it; a missing adapter is an error, not a crash."""
@@ -265,7 +308,7 @@ class Gateway:
                     self.malformed_downlink += 1
                     self.log.warning("downlink.retained_command_ignored")
                     continue
-                tg.create_task(self.commands.handle(msg.payload), name="command")
+                tg.create_task(self._handle_command(msg.payload), name="command")
             elif msg.topic == self.topics.credentials and self.access is not None:
                 if msg.retain:
                     self.malformed_downlink += 1
@@ -333,6 +376,7 @@ class Gateway:
                 }
                 for dev_id, s in self.supervisors.items()
             },
+            "service_failures": dict(self.service_failures),
             "cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
             "rss_bytes": rss,
         }

@@ -260,3 +260,23 @@ async def test_unreachable_door_is_retried_until_it_answers(no_cloud_site: SiteC
         await until(lambda: door_released(sims, "door-c"), 3.0, "door released once it answers")
         faults = [e for e in edge.seen if e.type == "fire.linkage_fault"]
         assert len(faults) == 1 and faults[0].device_id == "door-c"
+
+
+async def test_alarm_still_releases_doors_while_the_uplink_keeps_failing(
+    no_cloud_site: SiteConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failing service is restarted on its own; fire linkage, in the same gateway, carries on."""
+    from edge.uplink import Uplink
+
+    async def broken(self: Uplink) -> None:
+        raise RuntimeError("uplink bug")
+
+    monkeypatch.setattr(Uplink, "run", broken)
+    async with (
+        run_site_simulators(no_cloud_site, travel_time_s=TRAVEL) as sims,
+        running_edge(no_cloud_site, RULES, sims) as edge,
+    ):
+        await until(lambda: edge.gateway.service_failures["uplink"] >= 1, 2.0, "the uplink to fail")
+        sims["fire-1"].alarm(3)
+        await until(lambda: door_released(sims, "door-c") and gate_held(sims, "gate-east"), 1.0, "linkage")
+        await until(lambda: edge.gateway.service_failures["uplink"] >= 2, 3.0, "the uplink's restart to fail")
