@@ -337,12 +337,13 @@ class _Store:
                     if dumped is None:
                         dumped = locations[id(loc)] = loc.model_dump(exclude_none=True)
                     payload = {"d": e.data, "l": dumped}
-                payload_json = pydantic_core.to_json(payload).decode()
-                if len(payload_json) > MAX_EVENT_BYTES:
+                payload_utf8 = pydantic_core.to_json(payload)
+                if len(payload_utf8) > MAX_EVENT_BYTES:
                     raise ValueError(
                         f"event {e.type} from {e.device_id}: its data and location are"
-                        f" {len(payload_json):,} bytes as JSON, more than the limit of {MAX_EVENT_BYTES:,}"
+                        f" {len(payload_utf8):,} bytes as JSON, more than the limit of {MAX_EVENT_BYTES:,}"
                     )
+                payload_json = payload_utf8.decode()
                 received_us = received.get(e.received_at)
                 if received_us is None:
                     received_us = received[e.received_at] = _to_us(e.received_at)
@@ -580,7 +581,8 @@ class _Store:
                         break
                     for row in chunk:
                         if row[0] not in in_flight:
-                            size = len(row[-1]) + overhead
+                            text = row[-1]
+                            size = (len(text) if text.isascii() else len(text.encode())) + overhead
                             if size > budget and picked:
                                 budget = 0  # the mark stays before this row: the next take starts at it
                                 break

@@ -569,3 +569,15 @@ async def test_take_json_is_bounded_in_bytes_and_the_next_take_resumes_where_it_
         assert len(body) <= 35_000
         rest, _ = await buf.take_json(100)
         assert rest == [3, 4, 5, 7, 8, 9, 10]
+
+
+async def test_the_byte_bounds_count_utf8_bytes_not_characters(tmp_path: Path) -> None:
+    from protocol.models import MAX_EVENT_BYTES
+
+    async with await EventBuffer.open(cfg(tmp_path)) as buf:
+        with pytest.raises(ValueError, match="bytes as JSON"):
+            await buf.record(draft("intercom.call", "intercom-1", note="访" * (MAX_EVENT_BYTES // 3 + 10)))
+        await buf.record_many([draft(note="访客" * 2_000) for _ in range(4)])  # 12 KB each, 4,000 characters
+        seqs, body = await buf.take_json(10, max_bytes=30_000)
+        assert seqs == [1, 2]
+        assert len(body) <= 30_000
