@@ -236,17 +236,17 @@ async def test_checkpoints_run_beside_the_writers_and_the_wal_stays_bounded(
         wal = path.with_name("c.db-wal")
         sizes = []
         for _ in range(3):
-            for i in range(400):
+            for i in range(1200):
                 await db.write(sessions, _insert, i)
                 if pauses and i % 100 == 99:
-                    await asyncio.sleep(0.1)  # the passive checkpoint copies all back meanwhile
+                    await asyncio.sleep(0.05)  # the passive checkpoint copies all back meanwhile
             sizes.append(wal.stat().st_size)
-        assert len(await db.read(sessions, _values)) == 1200
-    # Without checkpoints every commit appends at least one page: 1,200 pages, ~5 MB.
-    if pauses:
-        assert sizes[2] <= sizes[0] * 1.2, sizes
-    else:
-        assert max(sizes) < 1024 * 1024, sizes
+        assert len(await db.read(sessions, _values)) == 3600
+    # Without checkpoints every commit appends at least one page (4 KiB and a frame header): the file
+    # would reach ~15 MB. It keeps its high-water mark, which is the limit plus what commits before a
+    # checkpoint gets its turn: 0.4 to 2.2 MB over a 256 KiB limit on a fast machine, where a bound of
+    # 1 MB failed (in production the limit is 64 MB).
+    assert max(sizes) < 4 * 1024 * 1024, sizes
 
 
 @contextlib.contextmanager
