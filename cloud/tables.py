@@ -136,6 +136,8 @@ class Reading(Base):
     """One numeric value of one device point at one time: compact history for charts and buckets."""
 
     __tablename__ = "readings"
+    # On SQLite clustered on the key (migration 0006): a rowid table kept every row twice.
+    __table_args__: ClassVar[dict[str, Any]] = {"sqlite_with_rowid": False}
     device_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     point: Mapped[str] = mapped_column(String(64), primary_key=True)
     ts_ms: Mapped[int] = mapped_column(BigInteger, primary_key=True, doc="Unix epoch milliseconds, UTC")

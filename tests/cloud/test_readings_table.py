@@ -1,0 +1,68 @@
+"""Readings are clustered on their key on SQLite (migration 0006): one copy of each row, not two."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import Connection, create_engine
+
+from cloud.db import alembic_config
+from cloud.tables import Base
+
+ROWS = [("meter-1", "kwh", 1_790_000_000_000, 1.5), ("meter-1", "v", 1_790_000_000_000, 229.8)]
+
+
+def _table_sql(path: Path) -> str:
+    with sqlite3.connect(path) as conn:
+        return conn.execute("SELECT sql FROM sqlite_master WHERE name = 'readings'").fetchone()[0]
+
+
+def test_the_migration_keeps_the_readings_and_clusters_them_on_the_key(tmp_path: Path) -> None:
+    path = tmp_path / "m.db"
+    engine = create_engine(f"sqlite:///{path}")
+    try:
+        with engine.begin() as conn:
+            command.upgrade(alembic_config(conn), "0001")
+        assert "WITHOUT ROWID" not in _table_sql(path)
+        with sqlite3.connect(path) as raw:
+            raw.executemany("INSERT INTO readings VALUES (?, ?, ?, ?)", ROWS)
+
+        with engine.begin() as conn:
+            command.upgrade(alembic_config(conn), "heads")
+        assert _table_sql(path).rstrip().endswith("WITHOUT ROWID")
+        with sqlite3.connect(path) as raw:
+            assert raw.execute("SELECT * FROM readings ORDER BY point").fetchall() == ROWS
+            # What ingest relies on: the key still refuses a second row for the same point and time.
+            raw.execute(
+                "INSERT INTO readings VALUES ('meter-1', 'kwh', 1790000000000, 9.9)"
+                " ON CONFLICT (device_id, point, ts_ms) DO NOTHING"
+            )
+            assert raw.execute("SELECT count(*), sum(value) FROM readings").fetchone() == (2, 231.3)
+
+        def differences(conn: Connection) -> list[object]:
+            diffs = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+            return [d for d in diffs if "readings" in repr(d)]
+
+        with engine.connect() as conn:
+            assert differences(conn) == []
+
+        with engine.begin() as conn:
+            command.downgrade(alembic_config(conn), "readings@0001")
+        assert "WITHOUT ROWID" not in _table_sql(path)
+        with sqlite3.connect(path) as raw:
+            assert raw.execute("SELECT * FROM readings ORDER BY point").fetchall() == ROWS
+    finally:
+        engine.dispose()
+
+
+def test_a_schema_made_from_the_tables_has_the_same_readings_table(tmp_path: Path) -> None:
+    engine = create_engine(f"sqlite:///{tmp_path / 'c.db'}")
+    try:
+        Base.metadata.create_all(engine)
+    finally:
+        engine.dispose()
+    assert _table_sql(tmp_path / "c.db").rstrip().endswith("WITHOUT ROWID")
