@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import gc
+import json
 import sys
 import time
 from collections import deque
@@ -101,6 +102,7 @@ class _Other:
 
 
 KindHandler = Callable[[Topics, bytes], Awaitable[None]]
+_Invalid = list[tuple[str, str]]  # invalid events of a batch: (the event's JSON as received, why)
 
 
 class Ingest:
@@ -216,7 +218,13 @@ class Ingest:
                 raise Rejected(
                     "too_large", f"{len(message.payload)} bytes > limit {self.settings.max_payload_bytes}"
                 )
-            return _Parsed(topics, self._parse(EventBatch, message.payload, topics), started)
+            try:
+                batch = self._parse(EventBatch, message.payload, topics)
+            except Rejected as exc:
+                if exc.reason != "invalid_schema":
+                    raise
+                return _Other(message, started)  # handle() keeps its valid events, in order
+            return _Parsed(topics, batch, started)
         except Rejected as exc:
             self._rejected(exc, gateway, message.topic)
         except Exception:
@@ -344,7 +352,7 @@ class Ingest:
             self.log.warning("ingest.group_failed_retrying_singly", batches=len(group), error=str(exc)[:200])
             return [stored for item in group for stored in await self._finish([item], commit([item]), commit)]
         for item, outcome in zip(group, done, strict=True):
-            self._acknowledge(item.topics, item.batch, outcome, item.started)
+            self._acknowledge(item.topics, item.batch.batch_id, outcome, item.started)
         return [(item.batch, outcome) for item, outcome in zip(group, done, strict=True)]
 
     async def _commit_on_thread(
@@ -415,41 +423,119 @@ class Ingest:
         try:
             parsed = model.model_validate_json(payload)
         except ValidationError as exc:
-            first = exc.errors(include_url=False)[0]
-            where = ".".join(map(str, first["loc"])) or "payload"
-            kind = "malformed_json" if first["type"] == "json_invalid" else "invalid_schema"
-            raise Rejected(
-                kind, f"{model.__name__}: {where}: {first['msg']} ({exc.error_count()} error(s))"
-            ) from None
-        if parsed.gateway_id != topics.gateway_id:
-            raise Rejected(
-                "gateway_mismatch",
-                f"payload gateway_id {parsed.gateway_id!r} is not the topic's gateway {topics.gateway_id!r}",
-            )
-        site = getattr(parsed, "site_id", topics.site_id)
-        if site != topics.site_id:
-            raise Rejected(
-                "site_mismatch", f"payload site_id {site!r} does not match topic site {topics.site_id!r}"
-            )
+            raise Ingest._rejection(model, exc) from None
+        Ingest._check_origin(parsed.gateway_id, getattr(parsed, "site_id", topics.site_id), topics)
         return parsed
 
+    @staticmethod
+    def _rejection(model: Any, exc: ValidationError) -> Rejected:
+        first = exc.errors(include_url=False)[0]
+        where = ".".join(map(str, first["loc"])) or "payload"
+        kind = "malformed_json" if first["type"] == "json_invalid" else "invalid_schema"
+        return Rejected(kind, f"{model.__name__}: {where}: {first['msg']} ({exc.error_count()} error(s))")
+
+    @staticmethod
+    def _check_origin(gateway_id: str, site_id: str, topics: Topics) -> None:
+        if gateway_id != topics.gateway_id:
+            raise Rejected(
+                "gateway_mismatch",
+                f"payload gateway_id {gateway_id!r} is not the topic's gateway {topics.gateway_id!r}",
+            )
+        if site_id != topics.site_id:
+            raise Rejected(
+                "site_mismatch", f"payload site_id {site_id!r} does not match topic site {topics.site_id!r}"
+            )
+
+    @staticmethod
+    def _salvage(payload: bytes, topics: Topics) -> tuple[dict[str, Any], EventBatch | None, _Invalid]:
+        """An event batch that failed validation only inside some of its events: the batch as sent, its
+        valid events as a batch (None if there are none), and each invalid one as (its JSON, why).
+        Raises :class:`Rejected` when anything else is wrong with it: then nothing can be trusted."""
+        try:
+            EventBatch.model_validate_json(payload)
+        except ValidationError as exc:
+            errors = exc.errors(include_url=False)
+            failure = Ingest._rejection(EventBatch, exc)
+        else:
+            raise AssertionError("_salvage of a valid batch")
+        why: dict[int, str] = {}
+        for error in errors:
+            loc = error["loc"]
+            if len(loc) < 3 or loc[0] != "events" or not isinstance(loc[1], int):
+                raise failure  # the envelope, or the list itself (empty, too long): not one event's fault
+            why.setdefault(loc[1], f"{'.'.join(map(str, loc[2:]))}: {error['msg']}")
+        raw = json.loads(payload)  # valid JSON: only events failed
+        Ingest._check_origin(raw["gateway_id"], raw["site_id"], topics)
+        events = raw["events"]
+        good = [event for i, event in enumerate(events) if i not in why]
+        batch = EventBatch.model_validate({**raw, "events": good}) if good else None
+        bad = [(json.dumps(events[i], ensure_ascii=False), why[i][:500]) for i in sorted(why)]
+        return raw, batch, bad
+
     async def _events(self, topics: Topics, payload: bytes, started: float) -> None:
-        batch: EventBatch = self._parse(EventBatch, payload, topics)
+        """A batch the parse stage could not take whole (see :meth:`_classify`), or any batch handed to
+        :meth:`handle`: its valid events are stored and the invalid ones kept as received
+        (``rejected_events``), in one transaction; then the ack counts them all, so the gateway stops
+        resending a batch that would never be taken whole."""
+        try:
+            batch: EventBatch | None = self._parse(EventBatch, payload, topics)
+            raw: dict[str, Any] = {}
+            bad: _Invalid = []
+        except Rejected as exc:
+            if exc.reason != "invalid_schema":
+                raise
+            raw, batch, bad = self._salvage(payload, topics)
+        now = utcnow()
         async with self.sessions() as session, session.begin():
-            outcome = await store.ingest_batch(session, batch, utcnow(), self.settings.max_clock_skew_s)
-        self._acknowledge(topics, batch, outcome, started)
-        await self._notify(batch, outcome)
+            outcome = (
+                await store.ingest_batch(session, batch, now, self.settings.max_clock_skew_s)
+                if batch is not None
+                else store.BatchOutcome(stored=0, duplicates=0)
+            )
+            if bad:
+                await store.keep_rejected(
+                    session,
+                    bad,
+                    site_id=topics.site_id,
+                    gateway_id=topics.gateway_id,
+                    batch_id=raw["batch_id"],
+                    now=now,
+                )
+        if bad:
+            self.metrics.events_rejected += len(bad)
+            self.log.warning(
+                "ingest.events_rejected",
+                gateway=topics.gateway_id,
+                site=topics.site_id,
+                batch=raw["batch_id"],
+                rejected=len(bad),
+                stored=outcome.stored,
+                first=bad[0][1],
+            )
+        batch_id = batch.batch_id if batch is not None else raw["batch_id"]
+        self._acknowledge(topics, batch_id, outcome, started, rejected=len(bad))
+        if batch is not None:
+            await self._notify(batch, outcome)
 
     def _acknowledge(
-        self, topics: Topics, batch: EventBatch, outcome: store.BatchOutcome, started: float
+        self,
+        topics: Topics,
+        batch_id: str,
+        outcome: store.BatchOutcome,
+        started: float,
+        *,
+        rejected: int = 0,
     ) -> None:
-        # Committed. Only now may the gateway forget these events.
+        # Committed. Only now may the gateway forget these events. ``error`` stays unset for rejected
+        # events: a gateway resends a batch whose ack carries one (the cloud could not commit it).
         self.metrics.batches += 1
         self.metrics.events_stored += outcome.stored
         self.metrics.events_duplicate += outcome.duplicates
-        ack = BatchAck(batch_id=batch.batch_id, stored=outcome.stored, duplicates=outcome.duplicates)
-        self._send_ack(topics, batch.batch_id, ack.to_bytes(), started)
-        where = {"gateway": topics.gateway_id, "site": topics.site_id, "batch": batch.batch_id}
+        ack = BatchAck(
+            batch_id=batch_id, stored=outcome.stored, duplicates=outcome.duplicates, rejected=rejected
+        )
+        self._send_ack(topics, batch_id, ack.to_bytes(), started)
+        where = {"gateway": topics.gateway_id, "site": topics.site_id, "batch": batch_id}
         self.log.debug("ingest.batch_stored", **where, stored=outcome.stored, duplicates=outcome.duplicates)
         if abs(outcome.clock_skew_s) > self.settings.max_clock_skew_s:
             self.log.warning("ingest.gateway_clock_skew", **where, skew_s=round(outcome.clock_skew_s, 1))

@@ -13,6 +13,7 @@ class Metrics:
     batches: int = 0
     events_stored: int = 0
     events_duplicate: int = 0
+    events_rejected: int = 0  # kept in rejected_events: invalid, from a batch otherwise stored
     results: int = 0
     statuses: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
@@ -41,6 +42,9 @@ class Metrics:
             f"# HELP {p}events_duplicate_total Redelivered events the store already had.",
             f"# TYPE {p}events_duplicate_total counter",
             f"{p}events_duplicate_total {self.events_duplicate}",
+            f"# HELP {p}events_rejected_total Invalid events of stored batches, kept in rejected_events.",
+            f"# TYPE {p}events_rejected_total counter",
+            f"{p}events_rejected_total {self.events_rejected}",
             f"# HELP {p}messages_rejected_total Uplink messages rejected, by reason.",
             f"# TYPE {p}messages_rejected_total counter",
             *(f'{p}messages_rejected_total{{reason="{r}"}} {n}' for r, n in sorted(self.rejected.items())),

@@ -7,6 +7,7 @@ Commands have their own module, :mod:`cloud.command_store`."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import sqlite3
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -25,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from cloud import db
 from cloud.state import merge_latest, numeric_points, state_updates
-from cloud.tables import Device, Gateway, Site
+from cloud.tables import Device, Gateway, RejectedEvent, Site
 from protocol.models import (
     Event,
     EventBatch,
@@ -89,6 +90,32 @@ async def ingest_batch(
     """
     [outcome] = await ingest_group(session, [(batch, prepared)], now, max_skew_s, touch=touch)
     return outcome
+
+
+async def keep_rejected(
+    session: AsyncSession,
+    rejected: Sequence[tuple[str, str]],
+    *,
+    site_id: str,
+    gateway_id: str,
+    batch_id: str,
+    now: datetime,
+) -> None:
+    """Keep ``rejected`` events, (JSON as received, why), of an acknowledged batch; one a resend brings
+    again is kept once."""
+    rows = [
+        {
+            "key": hashlib.sha256(f"{gateway_id}\n{payload}".encode()).hexdigest(),
+            "site_id": site_id,
+            "gateway_id": gateway_id,
+            "batch_id": batch_id,
+            "error": error,
+            "payload": payload,
+            "received_at": now,
+        }
+        for payload, error in rejected
+    ]
+    await session.execute(_insert(session, RejectedEvent).on_conflict_do_nothing(), rows)
 
 
 async def ingest_group(

@@ -98,6 +98,22 @@ class EventRow(Base):
     )
 
 
+class RejectedEvent(Base):
+    """An event the cloud could not accept, from a batch whose other events it stored: kept as received.
+    The batch was acknowledged, so the gateway has forgotten the event and this row is its only copy (a
+    batch refused whole would have been resent for ever, its good events with it)."""
+
+    __tablename__ = "rejected_events"
+    # sha256 of the gateway id and the event's JSON: a resent batch does not store the same one twice.
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    site_id: Mapped[str] = mapped_column(String(64))
+    gateway_id: Mapped[str] = mapped_column(String(64), index=True)
+    batch_id: Mapped[str] = mapped_column(String(64))
+    error: Mapped[str] = mapped_column(Text)
+    payload: Mapped[str] = mapped_column(Text, doc="The event's JSON as received")
+    received_at: Mapped[datetime]
+
+
 class CommandRow(Base):
     __tablename__ = "commands"
     id: Mapped[str] = mapped_column(String(64), primary_key=True)

@@ -169,6 +169,9 @@ class Uplink:
             self.log.warning("uplink.cloud_error", batch=ack.batch_id, error=ack.error)
             self.buffer.release(flight.seqs)
         else:
+            if ack.rejected:
+                # Kept by the cloud as received (rejected_events) with the reason; resending cannot help.
+                self.log.error("uplink.events_rejected", batch=ack.batch_id, rejected=ack.rejected)
             # Committed by the cloud, so the events may go. The DELETE runs behind this call (acks
             # arriving meanwhile share one transaction); until it is done they stay in flight, so
             # nothing is taken twice, and if it fails they are released and sent again.

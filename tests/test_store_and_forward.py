@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import signal
 import sqlite3
 import subprocess
@@ -246,3 +247,36 @@ async def test_large_events_leave_in_batches_the_cloud_accepts(tmp_path: Path) -
     assert_exactly_once_in_order(rows, at_least=40)
     assert len(rows) == 40
     assert batches >= 40 * 48_000 // site.buffer.max_batch_bytes
+
+
+async def test_an_event_the_cloud_refuses_is_kept_there_and_the_drain_goes_on(tmp_path: Path) -> None:
+    """A buffered row the cloud's schema refuses (written by an older gateway, or damaged) used to get its
+    whole batch refused and never acknowledged: the batch went again after the resend timeout, and on
+    that path the gateway dropped the row. Now the cloud stores the rest at once and keeps that event as
+    received, and the batch is acknowledged the first time."""
+    from edge.buffer import EventBuffer, EventDraft
+    from protocol import new_id
+    from protocol.models import utcnow
+
+    async with EmbeddedBroker(port=0) as broker:
+        site = site_config(tmp_path, broker.port, [])
+        async with await EventBuffer.open(site.buffer) as buf:
+            await buf.record_many(
+                [EventDraft("meter-1", "meter.reading", utcnow(), {"i": i}) for i in range(10)]
+            )
+        with contextlib.closing(sqlite3.connect(site.buffer.path)) as raw, raw:
+            raw.execute(
+                "INSERT INTO events (seq, id, device_id, type, severity, ts, received_at, payload)"
+                " VALUES (11, ?, 'meter-1', 'Meter Reading!', 3, ?, ?, '{\"d\":{}}')",
+                (new_id(), 1_790_000_000_000_000, 1_790_000_000_000_000),
+            )
+        db = tmp_path / "cloud.db"
+        async with cloud(db, broker.port), gateway_in_process(site) as gw:
+            await wait_until(lambda: _eq(buffered_depth(gw), 0), 20, "buffer drained")
+            assert gw.uplink.stats.resends == 0
+        rows = cloud_rows(db)
+        with contextlib.closing(sqlite3.connect(db)) as conn:
+            kept = conn.execute("SELECT gateway_id, error, payload FROM rejected_events").fetchall()
+    assert [r[0] for r in rows] == list(range(1, 11))
+    assert len(kept) == 1 and kept[0][0] == "gw-1" and kept[0][1].startswith("type: ")
+    assert json.loads(kept[0][2])["type"] == "Meter Reading!"

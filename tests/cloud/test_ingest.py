@@ -52,7 +52,7 @@ async def test_bad_payloads_are_rejected_counted_and_ingest_continues(
         good = make_batch([make_event("meter-1", "meter.reading", 1, {"energy_kwh": 10.5})])
         forged = make_batch([make_event("meter-1", "meter.reading", 2)], gateway="gw-other")
         wrong_schema = json.loads(good.to_bytes())
-        wrong_schema["events"][0]["seq"] = -1
+        wrong_schema["sent_at"] = "yesterday"  # the batch itself, not one of its events (see below)
         await gw.send_raw("events", b"{not json")
         await gw.send_raw("events", json.dumps(wrong_schema).encode())
         await gw.send_raw("events", b"x" * (65 * 1024))
@@ -161,3 +161,59 @@ async def test_a_batch_the_store_refuses_holds_back_no_other_batch(
         assert sorted(e["seq"] for e in items) == [1, 2, 3, 5]
         await asyncio.sleep(0.2)
         assert gw.acks.empty()
+
+
+async def test_invalid_events_are_kept_as_received_and_the_rest_of_their_batch_is_stored(
+    broker_port: int, sqlite_url: str
+) -> None:
+    """A batch refused whole was never acknowledged, so its gateway resent it for ever and its valid
+    events never arrived. The valid ones are stored, the invalid ones kept in rejected_events with the
+    reason, and the ack counts both, so the gateway can forget the batch."""
+    async with (
+        running_cloud(cloud_settings(broker_port, sqlite_url)) as cloud,
+        FakeGateway(broker_port) as gw,
+    ):
+        batch = make_batch(
+            [make_event("meter-1", "meter.reading", seq, {"energy_kwh": 1.0}) for seq in (1, 2, 3)]
+        )
+        sent = json.loads(batch.to_bytes())
+        sent["events"][1]["type"] = (
+            "Meter Reading!"  # what an older gateway, or a damaged buffer row, might send
+        )
+        await gw.send_raw("events", json.dumps(sent).encode())
+        ack = await gw.next_ack()
+        assert (ack.batch_id, ack.stored, ack.duplicates, ack.rejected, ack.error) == (
+            batch.batch_id,
+            2,
+            0,
+            1,
+            None,
+        )
+        items = (await cloud.http.get("/api/v1/events")).json()["items"]
+        assert sorted(e["seq"] for e in items) == [1, 3]
+
+        await gw.send_raw("events", json.dumps(sent).encode())  # resent: stored once, kept once
+        again = await gw.next_ack()
+        assert (again.stored, again.duplicates, again.rejected) == (0, 2, 1)
+
+        everything_bad = make_batch([make_event("meter-1", "meter.reading", 9)])
+        raw = json.loads(everything_bad.to_bytes())
+        raw["events"][0]["seq"] = -1
+        await gw.send_raw("events", json.dumps(raw).encode())
+        last = await gw.next_ack()
+        assert (last.batch_id, last.stored, last.rejected) == (everything_bad.batch_id, 0, 1)
+        metrics = (await cloud.http.get("/metrics")).text
+        assert "steward_cloud_events_rejected_total 3" in metrics
+        assert (
+            "messages_rejected_total"
+            not in metrics.split("# TYPE steward_cloud_messages_rejected_total")[1].split("#")[0]
+        )
+
+    path = sqlite_url.removeprefix("sqlite+aiosqlite:///")
+    with sqlite3.connect(path) as conn:
+        kept = conn.execute(
+            "SELECT gateway_id, batch_id, error, payload FROM rejected_events ORDER BY error"
+        ).fetchall()
+    assert [(g, b) for g, b, _, _ in kept] == [(GATEWAY, everything_bad.batch_id), (GATEWAY, batch.batch_id)]
+    assert kept[0][2].startswith("seq: ") and kept[1][2].startswith("type: ")
+    assert json.loads(kept[1][3]) == sent["events"][1]

@@ -1,4 +1,4 @@
-"""Readings are clustered on their key on SQLite (migration 0006): one copy of each row, not two."""
+"""Migrations that do more than create: readings clustered on their key (0006), rejected events (0007)."""
 
 from __future__ import annotations
 
@@ -66,3 +66,20 @@ def test_a_schema_made_from_the_tables_has_the_same_readings_table(tmp_path: Pat
     finally:
         engine.dispose()
     assert _table_sql(tmp_path / "c.db").rstrip().endswith("WITHOUT ROWID")
+
+
+def test_the_rejected_events_migration_makes_the_table_the_model_declares(tmp_path: Path) -> None:
+    engine = create_engine(f"sqlite:///{tmp_path / 'r.db'}")
+    try:
+        with engine.begin() as conn:
+            command.upgrade(alembic_config(conn), "heads")
+        with engine.connect() as conn:
+            ctx = MigrationContext.configure(conn, opts={"compare_type": True})
+            diffs = [d for d in compare_metadata(ctx, Base.metadata) if "rejected_events" in repr(d)]
+        assert diffs == []
+        with engine.begin() as conn:
+            command.downgrade(alembic_config(conn), "rejected_events@0001")
+        with engine.connect() as conn:
+            assert not conn.dialect.has_table(conn, "rejected_events")
+    finally:
+        engine.dispose()
