@@ -82,6 +82,25 @@ class EventPage(BaseModel):
     next_cursor: str | None = Field(description="Pass as ?cursor= for the next page; null at the end")
 
 
+class RejectedEventOut(_Out):
+    """An event the cloud's schema refused, from a batch whose other events it stored: as received."""
+
+    key: str
+    site_id: str
+    gateway_id: str
+    batch_id: str
+    error: str = Field(
+        description="Where and why validation failed, e.g. 'type: String should match pattern ...'"
+    )
+    payload: str = Field(description="The event's JSON exactly as the gateway sent it")
+    received_at: datetime
+
+
+class RejectedEventPage(BaseModel):
+    items: list[RejectedEventOut]
+    next_cursor: str | None = Field(description="Pass as ?cursor= for the next page; null at the end")
+
+
 class DeviceOut(_Out):
     id: str
     site_id: str

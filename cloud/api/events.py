@@ -1,4 +1,5 @@
 """Stored events, newest first, with cursor paging; ordered by the device's sequence when one is given.
+And the events the cloud refused from batches it otherwise stored (``/rejected-events``), newest first.
 
 Only events of the caller's sites are listed; asking for another site by ``site_id`` is a 403."""
 
@@ -6,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query
@@ -14,8 +16,8 @@ from sqlalchemy import and_, or_, select
 from cloud.api.deps import SessionDep
 from cloud.auth.deps import CurrentUser, require_site, site_clause
 from cloud.errors import CloudError
-from cloud.schemas import ErrorOut, EventOut, EventPage
-from cloud.tables import EventRow
+from cloud.schemas import ErrorOut, EventOut, EventPage, RejectedEventOut, RejectedEventPage
+from cloud.tables import EventRow, RejectedEvent
 
 router = APIRouter(tags=["events"])
 
@@ -86,3 +88,51 @@ async def list_events(
         last = rows[-1]
         next_cursor = _encode("s", last.seq, last.id) if device_id else _encode("i", last.id)
     return EventPage(items=[EventOut.model_validate(r) for r in rows], next_cursor=next_cursor)
+
+
+@router.get(
+    "/rejected-events",
+    response_model=RejectedEventPage,
+    responses={400: {"model": ErrorOut}, 401: {"model": ErrorOut}, 403: {"model": ErrorOut}},
+)
+async def list_rejected_events(
+    *,
+    user: CurrentUser,
+    session: SessionDep,
+    site_id: str | None = None,
+    gateway_id: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    cursor: str | None = None,
+) -> RejectedEventPage:
+    """Events a gateway sent that the cloud's schema refused, kept as received with the reason (their
+    batch was acknowledged, so this is their only copy): what a version mismatch or a damaged buffer
+    row looks like from the operations centre."""
+    if site_id:
+        require_site(user, site_id)
+    query = select(RejectedEvent).where(site_clause(user, RejectedEvent.site_id))
+    if site_id:
+        query = query.where(RejectedEvent.site_id == site_id)
+    if gateway_id:
+        query = query.where(RejectedEvent.gateway_id == gateway_id)
+    query = query.order_by(RejectedEvent.received_at.desc(), RejectedEvent.key.desc())
+    if cursor:
+        parts = _decode(cursor)
+        if len(parts) != 3 or parts[0] != "r":
+            raise BadCursor("cursor does not belong to this listing")
+        try:
+            at = datetime.fromisoformat(parts[1])
+        except ValueError:
+            raise BadCursor("cursor is not one this API returned") from None
+        query = query.where(
+            or_(
+                RejectedEvent.received_at < at,
+                and_(RejectedEvent.received_at == at, RejectedEvent.key < parts[2]),
+            )
+        )
+    rows = list((await session.execute(query.limit(limit + 1))).scalars())
+    more = len(rows) > limit
+    rows = rows[:limit]
+    next_cursor = _encode("r", rows[-1].received_at.isoformat(), rows[-1].key) if more and rows else None
+    return RejectedEventPage(
+        items=[RejectedEventOut.model_validate(r) for r in rows], next_cursor=next_cursor
+    )

@@ -152,3 +152,50 @@ async def test_stream_shows_only_the_callers_sites(broker_port: int, sqlite_url:
                         received.append(json.loads(line.removeprefix("data: ")))
                         break
         assert [(e["site_id"], e["device_id"]) for e in received] == [(A, "gate-1")]
+
+
+async def test_rejected_events_are_listed_by_site_and_paged(broker_port: int, sqlite_url: str) -> None:
+    def with_bad_event(site: str, gateway: str, seq: int) -> bytes:
+        batch = json.loads(
+            make_batch([make_event("gate-1", "gate.opened", seq)], site=site, gateway=gateway).to_bytes()
+        )
+        batch["events"][0]["type"] = "Gate Opened"
+        return json.dumps(batch).encode()
+
+    async with (
+        served(cloud_settings(broker_port, sqlite_url)) as c,
+        FakeGateway(broker_port) as gw_a,
+        FakeGateway(broker_port, site=B, gateway="gw-b") as gw_b,
+    ):
+        for seq in (1, 2):
+            await gw_a.send_raw("events", with_bad_event(A, "gw-1", seq))
+            assert (await gw_a.next_ack()).rejected == 1
+        await gw_b.send_raw("events", with_bad_event(B, "gw-b", 1))
+        assert (await gw_b.next_ack()).rejected == 1
+        admin = await c.user("root", Role.ADMIN)
+        op = await c.user("op-a", Role.OPERATOR, [A])
+        get = c.http.get
+
+        everything = (await get("/api/v1/rejected-events", headers=admin)).json()["items"]
+        assert sorted((r["site_id"], json.loads(r["payload"])["seq"]) for r in everything) == [
+            (A, 1),
+            (A, 2),
+            (B, 1),
+        ]
+        assert all(r["error"].startswith("type: ") for r in everything)
+
+        first = (await get("/api/v1/rejected-events", params={"limit": 1}, headers=op)).json()
+        second = (
+            await get(
+                "/api/v1/rejected-events", params={"limit": 1, "cursor": first["next_cursor"]}, headers=op
+            )
+        ).json()
+        assert [json.loads(r["payload"])["seq"] for r in first["items"] + second["items"]] == [
+            2,
+            1,
+        ]  # newest first
+        assert {r["site_id"] for r in first["items"] + second["items"]} == {A}
+        assert second["next_cursor"] is None
+        await _forbidden(await get("/api/v1/rejected-events", params={"site_id": B}, headers=op))
+        bad_cursor = await get("/api/v1/rejected-events", params={"cursor": "nonsense"}, headers=op)
+        assert bad_cursor.status_code == 400 and bad_cursor.json()["error"]["code"] == "bad_cursor"
