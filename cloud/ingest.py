@@ -461,14 +461,17 @@ class Ingest:
         why: dict[int, str] = {}
         for error in errors:
             loc = error["loc"]
-            if len(loc) < 3 or loc[0] != "events" or not isinstance(loc[1], int):
+            if len(loc) < 2 or loc[0] != "events" or not isinstance(loc[1], int):
                 raise failure  # the envelope, or the list itself (empty, too long): not one event's fault
-            why.setdefault(loc[1], f"{'.'.join(map(str, loc[2:]))}: {error['msg']}")
+            why.setdefault(loc[1], f"{'.'.join(map(str, loc[2:])) or 'event'}: {error['msg']}")
         raw = json.loads(payload)  # valid JSON: only events failed
         Ingest._check_origin(raw["gateway_id"], raw["site_id"], topics)
         events = raw["events"]
         good = [event for i, event in enumerate(events) if i not in why]
-        batch = EventBatch.model_validate({**raw, "events": good}) if good else None
+        try:
+            batch = EventBatch.model_validate({**raw, "events": good}) if good else None
+        except ValidationError:
+            raise failure from None  # never seen: what passed in JSON should pass as Python values too
         bad = [(json.dumps(events[i], ensure_ascii=False), why[i][:500]) for i in sorted(why)]
         return raw, batch, bad
 

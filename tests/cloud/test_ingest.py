@@ -199,11 +199,12 @@ async def test_invalid_events_are_kept_as_received_and_the_rest_of_their_batch_i
         everything_bad = make_batch([make_event("meter-1", "meter.reading", 9)])
         raw = json.loads(everything_bad.to_bytes())
         raw["events"][0]["seq"] = -1
+        raw["events"].append("not an event")
         await gw.send_raw("events", json.dumps(raw).encode())
         last = await gw.next_ack()
-        assert (last.batch_id, last.stored, last.rejected) == (everything_bad.batch_id, 0, 1)
+        assert (last.batch_id, last.stored, last.rejected) == (everything_bad.batch_id, 0, 2)
         metrics = (await cloud.http.get("/metrics")).text
-        assert "steward_cloud_events_rejected_total 3" in metrics
+        assert "steward_cloud_events_rejected_total 4" in metrics
         assert (
             "messages_rejected_total"
             not in metrics.split("# TYPE steward_cloud_messages_rejected_total")[1].split("#")[0]
@@ -214,6 +215,10 @@ async def test_invalid_events_are_kept_as_received_and_the_rest_of_their_batch_i
         kept = conn.execute(
             "SELECT gateway_id, batch_id, error, payload FROM rejected_events ORDER BY error"
         ).fetchall()
-    assert [(g, b) for g, b, _, _ in kept] == [(GATEWAY, everything_bad.batch_id), (GATEWAY, batch.batch_id)]
-    assert kept[0][2].startswith("seq: ") and kept[1][2].startswith("type: ")
-    assert json.loads(kept[1][3]) == sent["events"][1]
+    assert [(g, b, e.split(":")[0]) for g, b, e, _ in kept] == [
+        (GATEWAY, everything_bad.batch_id, "event"),
+        (GATEWAY, everything_bad.batch_id, "seq"),
+        (GATEWAY, batch.batch_id, "type"),
+    ]
+    assert json.loads(kept[0][3]) == "not an event"
+    assert json.loads(kept[2][3]) == sent["events"][1]
