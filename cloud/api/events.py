@@ -8,7 +8,7 @@ from __future__ import annotations
 import base64
 import binascii
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 from sqlalchemy import and_, or_, select
@@ -20,6 +20,11 @@ from cloud.schemas import ErrorOut, EventOut, EventPage, RejectedEventOut, Rejec
 from cloud.tables import EventRow, RejectedEvent
 
 router = APIRouter(tags=["events"])
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorOut},
+    401: {"model": ErrorOut},
+    403: {"model": ErrorOut},
+}
 
 
 class BadCursor(CloudError):
@@ -41,7 +46,7 @@ def _decode(cursor: str) -> list[str]:
 @router.get(
     "/events",
     response_model=EventPage,
-    responses={400: {"model": ErrorOut}, 401: {"model": ErrorOut}, 403: {"model": ErrorOut}},
+    responses=_ERRORS,
 )
 async def list_events(
     *,
@@ -93,7 +98,7 @@ async def list_events(
 @router.get(
     "/rejected-events",
     response_model=RejectedEventPage,
-    responses={400: {"model": ErrorOut}, 401: {"model": ErrorOut}, 403: {"model": ErrorOut}},
+    responses=_ERRORS,
 )
 async def list_rejected_events(
     *,
