@@ -153,7 +153,7 @@ class Reading(Base):
 
     __tablename__ = "readings"
     # On SQLite clustered on the key (migration 0006): a rowid table kept every row twice.
-    __table_args__: ClassVar[dict[str, Any]] = {"sqlite_with_rowid": False}
+    __table_args__ = ({"sqlite_with_rowid": False},)
     device_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     point: Mapped[str] = mapped_column(String(64), primary_key=True)
     ts_ms: Mapped[int] = mapped_column(BigInteger, primary_key=True, doc="Unix epoch milliseconds, UTC")
