@@ -243,10 +243,12 @@ async def test_checkpoints_run_beside_the_writers_and_the_wal_stays_bounded(
             sizes.append(wal.stat().st_size)
         assert len(await db.read(sessions, _values)) == 3600
     # Without checkpoints every commit appends at least one page (4 KiB and a frame header): the file
-    # would reach ~15 MB. It keeps its high-water mark, which is the limit plus what commits before a
-    # checkpoint gets its turn: 0.4 to 2.2 MB over a 256 KiB limit on a fast machine, where a bound of
-    # 1 MB failed (in production the limit is 64 MB).
-    assert max(sizes) < 4 * 1024 * 1024, sizes
+    # would reach ~15 MB (14.9 MB measured with checkpoints disabled). It keeps its high-water mark,
+    # which is the limit plus what commits before the checkpointer thread gets its turn: 0.4 to 2.2 MB
+    # over a 256 KiB limit on a quiet fast machine, 7.9 MB once in a loaded CI run. The bound is only as
+    # good as that thread's scheduling (see the session note); this asserts that it holds at all.
+    assert max(sizes) < 11 * 1024 * 1024, sizes
+    assert sizes[2] - sizes[1] < 4 * 1024 * 1024, sizes  # the last round does not grow as if unchecked
 
 
 @contextlib.contextmanager
