@@ -447,19 +447,15 @@ class Ingest:
             )
 
     @staticmethod
-    def _salvage(payload: bytes, topics: Topics) -> tuple[dict[str, Any], EventBatch | None, _Invalid]:
-        """An event batch that failed validation only inside some of its events: the batch as sent, its
-        valid events as a batch (None if there are none), and each invalid one as (its JSON, why).
-        Raises :class:`Rejected` when anything else is wrong with it: then nothing can be trusted."""
-        try:
-            EventBatch.model_validate_json(payload)
-        except ValidationError as exc:
-            errors = exc.errors(include_url=False)
-            failure = Ingest._rejection(EventBatch, exc)
-        else:
-            raise AssertionError("_salvage of a valid batch")
+    def _salvage(
+        payload: bytes, topics: Topics, exc: ValidationError
+    ) -> tuple[dict[str, Any], EventBatch | None, _Invalid]:
+        """An event batch that failed validation (``exc``) only inside some of its events: the batch as
+        sent, its valid events as a batch (None if there are none), and each invalid one as (its JSON,
+        why). Raises :class:`Rejected` when anything else is wrong with it: then nothing can be trusted."""
+        failure = Ingest._rejection(EventBatch, exc)
         why: dict[int, str] = {}
-        for error in errors:
+        for error in exc.errors(include_url=False):
             loc = error["loc"]
             if len(loc) < 2 or loc[0] != "events" or not isinstance(loc[1], int):
                 raise failure  # the envelope, or the list itself (empty, too long): not one event's fault
@@ -480,14 +476,15 @@ class Ingest:
         :meth:`handle`: its valid events are stored and the invalid ones kept as received
         (``rejected_events``), in one transaction; then the ack counts them all, so the gateway stops
         resending a batch that would never be taken whole."""
+        raw: dict[str, Any] = {}
+        bad: _Invalid = []
+        batch: EventBatch | None
         try:
-            batch: EventBatch | None = self._parse(EventBatch, payload, topics)
-            raw: dict[str, Any] = {}
-            bad: _Invalid = []
-        except Rejected as exc:
-            if exc.reason != "invalid_schema":
-                raise
-            raw, batch, bad = self._salvage(payload, topics)
+            batch = EventBatch.model_validate_json(payload)
+        except ValidationError as exc:
+            raw, batch, bad = self._salvage(payload, topics, exc)  # validated once, not again to salvage
+        else:
+            self._check_origin(batch.gateway_id, batch.site_id, topics)
         now = utcnow()
         async with self.sessions() as session, session.begin():
             outcome = (

@@ -11,7 +11,8 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
-from sqlalchemy import and_, or_, select
+from sqlalchemy import Select, and_, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from cloud.api.deps import SessionDep
 from cloud.auth.deps import CurrentUser, require_site, site_clause
@@ -85,14 +86,17 @@ async def list_events(
             if len(parts) != 2 or parts[0] != "i":
                 raise BadCursor("cursor does not belong to this listing")
             query = query.where(EventRow.id < parts[1])
-    rows = list((await session.execute(query.limit(limit + 1))).scalars())
-    more = len(rows) > limit
-    rows = rows[:limit]
+    rows, tail = await _page(session, query, limit)
     next_cursor = None
-    if more and rows:
-        last = rows[-1]
-        next_cursor = _encode("s", last.seq, last.id) if device_id else _encode("i", last.id)
+    if tail is not None:
+        next_cursor = _encode("s", tail.seq, tail.id) if device_id else _encode("i", tail.id)
     return EventPage(items=[EventOut.model_validate(r) for r in rows], next_cursor=next_cursor)
+
+
+async def _page(session: AsyncSession, query: Select[Any], limit: int) -> tuple[list[Any], Any | None]:
+    """Up to ``limit`` rows of ``query``, and the last of them when more follow (the next cursor's)."""
+    rows = list((await session.execute(query.limit(limit + 1))).scalars())
+    return rows[:limit], (rows[limit - 1] if len(rows) > limit else None)
 
 
 @router.get(
@@ -134,10 +138,8 @@ async def list_rejected_events(
                 and_(RejectedEvent.received_at == at, RejectedEvent.key < parts[2]),
             )
         )
-    rows = list((await session.execute(query.limit(limit + 1))).scalars())
-    more = len(rows) > limit
-    rows = rows[:limit]
-    next_cursor = _encode("r", rows[-1].received_at.isoformat(), rows[-1].key) if more and rows else None
+    rows, tail = await _page(session, query, limit)
+    next_cursor = None if tail is None else _encode("r", tail.received_at.isoformat(), tail.key)
     return RejectedEventPage(
         items=[RejectedEventOut.model_validate(r) for r in rows], next_cursor=next_cursor
     )
