@@ -272,11 +272,13 @@ class AccessControl:
         assert client is not None
         while True:
             await client.wait_connected(timeout=None)
+            drops = client.reconnects
             self._announce.clear()
             await self.publish_state()
             # Again after every sync; a dropped link is noticed within a second and the loop then
-            # waits for the reconnect, which announces the version afresh.
-            while client.is_connected:
+            # waits for the reconnect, which announces the version afresh (the count, not only the
+            # flag: a link restored within that second is a new session all the same).
+            while client.is_connected and client.reconnects == drops:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(1.0):
                         await self._announce.wait()
