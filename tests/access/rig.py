@@ -19,7 +19,7 @@ import httpx
 import uvicorn
 
 from steward.broker import EmbeddedBroker, free_port
-from tests.stack import site_config
+from tests.stack import LinkProxy, site_config
 
 SITE, GATEWAY = "oak-garden", "gw-1"
 ADMIN = ("access-admin", "correct horse battery staple")
@@ -46,60 +46,6 @@ async def until(check: Callable[[], Any], timeout: float, what: str, interval: f
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         await asyncio.sleep(interval)
-
-
-class LinkProxy:
-    """A TCP relay; :meth:`cut` drops every connection and refuses new ones until :meth:`restore`."""
-
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self.port = free_port()
-        self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
-
-    async def cut(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-            self._server = None
-        for w in list(self._writers):
-            w.close()
-        for t in list(self._tasks):
-            t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-
-    async def restore(self) -> None:
-        await self.start()
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
-        except OSError:
-            writer.close()
-            return
-        self._writers |= {writer, up_writer}
-
-        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            try:
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-            except (ConnectionError, asyncio.IncompleteReadError):
-                pass
-            finally:
-                dst.close()
-                self._writers.discard(dst)
-
-        for task in (
-            asyncio.create_task(pump(reader, up_writer)),
-            asyncio.create_task(pump(up_reader, writer)),
-        ):
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
 
 
 @dataclass

@@ -1,5 +1,6 @@
-"""Command lifecycle over HTTP, the broker and a fake gateway that answers on the wire; and the command
-service underneath on a real SQLite file (read sessions, the write lock, long-poll wakeups)."""
+"""Command lifecycle over HTTP, the broker and a fake gateway that answers on the wire, on SQLite and on
+PostgreSQL (where it runs); and the command service underneath on a real SQLite file (read sessions,
+the write lock, long-poll wakeups)."""
 
 from __future__ import annotations
 
@@ -35,14 +36,16 @@ from tests.cloud.support import (
     free_port,
     running_cloud,
 )
+from tests.stack import CloudDb
 
 
 @asynccontextmanager
 async def cloud_with_gateway(
-    broker_port: int, sqlite_url: str
+    broker_port: int, db: str | CloudDb
 ) -> AsyncIterator[tuple[RunningCloud, FakeGateway]]:
+    url, extra = (db, {}) if isinstance(db, str) else db
     async with (
-        running_cloud(cloud_settings(broker_port, sqlite_url)) as cloud,
+        running_cloud(cloud_settings(broker_port, url, **extra)) as cloud,
         FakeGateway(broker_port) as gw,
     ):
         await gw.send_status(online=True)
@@ -54,8 +57,8 @@ async def cloud_with_gateway(
         yield cloud, gw
 
 
-async def test_open_gate_accepted_then_succeeded(broker_port: int, sqlite_url: str) -> None:
-    async with cloud_with_gateway(broker_port, sqlite_url) as (cloud, gw):
+async def test_open_gate_accepted_then_succeeded(broker_port: int, cloud_db: CloudDb) -> None:
+    async with cloud_with_gateway(broker_port, cloud_db) as (cloud, gw):
         # The body cannot name who issued it: an unknown field, refused like any other.
         resp = await cloud.http.post(
             "/api/v1/devices/gate-1/commands",
@@ -100,10 +103,10 @@ async def test_open_gate_accepted_then_succeeded(broker_port: int, sqlite_url: s
         assert final["status"] == "succeeded"
 
 
-async def test_post_with_wait_answers_when_the_command_finished(broker_port: int, sqlite_url: str) -> None:
+async def test_post_with_wait_answers_when_the_command_finished(broker_port: int, cloud_db: CloudDb) -> None:
     """One request for "open the gate and tell me": the POST answers with the final command. A gateway
     that finished before announcing sends one result with ``accepted_at``; the trail has both steps."""
-    async with cloud_with_gateway(broker_port, sqlite_url) as (cloud, gw):
+    async with cloud_with_gateway(broker_port, cloud_db) as (cloud, gw):
         posting = asyncio.create_task(
             cloud.http.post("/api/v1/devices/gate-1/commands", json={"action": "open"}, params={"wait": 5})
         )
@@ -187,8 +190,8 @@ async def stored_events(cloud: RunningCloud) -> int:
     return int(float(line.split()[1]))
 
 
-async def test_failed_action_carries_the_reason(broker_port: int, sqlite_url: str) -> None:
-    async with cloud_with_gateway(broker_port, sqlite_url) as (cloud, gw):
+async def test_failed_action_carries_the_reason(broker_port: int, cloud_db: CloudDb) -> None:
+    async with cloud_with_gateway(broker_port, cloud_db) as (cloud, gw):
         cmd = (
             await cloud.http.post(
                 "/api/v1/devices/door-1/commands", json={"action": "unlock", "args": {"duration_s": 3}}
@@ -201,8 +204,8 @@ async def test_failed_action_carries_the_reason(broker_port: int, sqlite_url: st
         assert (done["status"], done["result_reason"]) == ("failed", "lock did not release")
 
 
-async def test_unknown_action_bad_args_and_unknown_device(broker_port: int, sqlite_url: str) -> None:
-    async with cloud_with_gateway(broker_port, sqlite_url) as (cloud, gw):
+async def test_unknown_action_bad_args_and_unknown_device(broker_port: int, cloud_db: CloudDb) -> None:
+    async with cloud_with_gateway(broker_port, cloud_db) as (cloud, gw):
         resp = await cloud.http.post("/api/v1/devices/gate-1/commands", json={"action": "launch"})
         assert resp.status_code == 422
         err = resp.json()["error"]
@@ -223,8 +226,10 @@ async def test_unknown_action_bad_args_and_unknown_device(broker_port: int, sqli
         assert gw.commands.empty()  # nothing invalid reached the gateway
 
 
-async def test_command_to_offline_gateway_is_published_and_expires(broker_port: int, sqlite_url: str) -> None:
-    async with cloud_with_gateway(broker_port, sqlite_url) as (cloud, gw):
+async def test_command_to_offline_gateway_is_published_and_expires(
+    broker_port: int, cloud_db: CloudDb
+) -> None:
+    async with cloud_with_gateway(broker_port, cloud_db) as (cloud, gw):
         await gw.send_status(online=False, devices=[])  # the Last Will
         resp = await cloud.http.post(
             "/api/v1/devices/gate-1/commands", json={"action": "open", "expires_in_s": 0.5}
