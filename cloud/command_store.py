@@ -35,10 +35,19 @@ _INSERT_COMMAND = Statement(_COMMANDS.insert())
 _AUDIT_COLUMNS = ["command_id", "operator", "device_id", "action", "status", "reason", "at"]
 _INSERT_AUDIT = Statement(CommandAudit.__table__.insert(), _AUDIT_COLUMNS)
 _GET_COMMAND = Statement(select(*_C).where(_C.id == bindparam("b_id")))
-_GET_DEVICE = Statement(
-    select(Device.id, Device.kind, Device.site_id, Device.gateway_id).where(Device.id == bindparam("b_id"))
-)
 _GATEWAY = Gateway.__table__.c
+_GET_DEVICE = Statement(
+    select(
+        Device.id,
+        Device.kind,
+        Device.site_id,
+        Device.gateway_id,
+        _GATEWAY.online.label("gateway_online"),
+        _GATEWAY.last_seen.label("gateway_last_seen"),
+    )
+    .select_from(Device.__table__.outerjoin(Gateway.__table__, _GATEWAY.id == Device.gateway_id))
+    .where(Device.id == bindparam("b_id"))
+)
 _MARK_SEEN = Statement(
     update(Gateway.__table__)
     .where(
@@ -53,12 +62,15 @@ _MARK_SEEN = Statement(
 
 @dataclass(frozen=True, slots=True)
 class DeviceRef:
-    """What a command needs of its device."""
+    """What a command needs of its device, and whether its gateway is connected (None: no such
+    gateway known yet)."""
 
     id: str
     kind: str
     site_id: str
     gateway_id: str
+    gateway_online: bool | None = None
+    gateway_last_seen: datetime | None = None
 
 
 def rank(status: CommandStatus) -> int:
@@ -108,17 +120,18 @@ def audit(conn: Connection, cmd: CommandRow, status: str, reason: str | None, at
 
 
 def device(conn: Connection, device_id: str) -> DeviceRef | None:
-    """The device's id, kind, site_id and gateway_id, or None."""
+    """The device's id, kind, site_id, gateway_id and its gateway's online state, or None."""
     row = _GET_DEVICE.first(conn, {"b_id": device_id})
     return None if row is None else DeviceRef(**row)
 
 
 def insert(conn: Connection, cmd: CommandRow, reason: str | None) -> None:
-    """A new command, with ``pending`` (the operator's ``reason``) and its current status audited."""
+    """A new command, with ``pending`` (the operator's ``reason``) and its current status audited (with
+    ``cmd.result_reason``, e.g. why it expired at once)."""
     _INSERT_COMMAND.execute(conn, {c.name: getattr(cmd, c.key) for c in _COMMANDS.columns})
     audit(conn, cmd, CommandStatus.PENDING.value, reason, cmd.issued_at)
     if cmd.status != CommandStatus.PENDING.value:
-        audit(conn, cmd, cmd.status, None, cmd.issued_at)
+        audit(conn, cmd, cmd.status, cmd.result_reason, cmd.issued_at)
 
 
 def get(conn: Connection, command_id: str) -> CommandRow | None:

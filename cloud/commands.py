@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import structlog
 from sqlalchemy import Connection, func, select
@@ -71,7 +71,12 @@ class CommandService:
         commit together *before* the publish. A second transaction for ``sent`` after the PUBACK used to
         collide on SQLite's write lock with ingest storing the gateway's result for the same command.
         "sent" therefore means "stored and being handed to the broker"; if the broker does not take it,
-        the command moves on to ``failed`` (503)."""
+        the command moves on to ``failed`` (503).
+
+        A command for a gateway that is offline (its Last Will, or silent past
+        ``gateway_offline_after_s``) is stored ``expired`` at once, with the reason, and not sent: the
+        gateway's session is clean, so the broker would drop it, and the operator would only learn so
+        at its expiry."""
         cmd = await db.write(
             self.sessions,
             _store_new,
@@ -83,6 +88,11 @@ class CommandService:
             now=utcnow(),
         )
         bound = log.bind(command=cmd.id, device=cmd.device_id, gateway=cmd.gateway_id, action=cmd.action)
+        if cmd.status == CommandStatus.EXPIRED.value:
+            self.metrics.commands[cmd.status] += 1
+            self.hub.publish("command", command_json(cmd), row=cmd)
+            bound.warning("command.not_sent", issued_by=cmd.issued_by, reason=cmd.result_reason)
+            return cmd
         unsigned = Command(
             id=cmd.id,
             site_id=cmd.site_id,
@@ -225,6 +235,12 @@ def _store_new(
         args = actions.validate_action(device.kind, request.action, request.args)
     except actions.ActionNotAllowed as exc:
         raise ActionNotAllowed(str(exc)) from None
+    status, not_sent = CommandStatus.SENT, None
+    if device.gateway_online is False:
+        status = CommandStatus.EXPIRED
+        seen = device.gateway_last_seen
+        since = f", last heard from {_aware(seen).isoformat(timespec='seconds')}" if seen else ""
+        not_sent = f"gateway {device.gateway_id} is offline{since}: not sent"
     cmd = CommandRow(
         id=new_id(),
         device_id=device.id,
@@ -232,9 +248,9 @@ def _store_new(
         site_id=device.site_id,
         action=request.action,
         args=args,
-        status=CommandStatus.SENT.value,
+        status=status.value,
         reason=request.reason or None,
-        result_reason=None,
+        result_reason=not_sent,
         result_state=None,
         issued_by=issued_by,
         issued_at=now,
@@ -243,6 +259,11 @@ def _store_new(
     )
     command_store.insert(conn, cmd, request.reason or None)
     return cmd
+
+
+def _aware(at: datetime) -> datetime:
+    # SQLite hands back naive datetimes (stored as UTC); PostgreSQL aware ones.
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
 
 
 def _ahead(a: CommandRow, b: CommandRow) -> bool:

@@ -226,19 +226,43 @@ async def test_unknown_action_bad_args_and_unknown_device(broker_port: int, clou
         assert gw.commands.empty()  # nothing invalid reached the gateway
 
 
-async def test_command_to_offline_gateway_is_published_and_expires(
+async def test_command_to_an_offline_gateway_expires_at_once_unsent(
     broker_port: int, cloud_db: CloudDb
 ) -> None:
     async with cloud_with_gateway(broker_port, cloud_db) as (cloud, gw):
         await gw.send_status(online=False, devices=[])  # the Last Will
-        resp = await cloud.http.post(
-            "/api/v1/devices/gate-1/commands", json={"action": "open", "expires_in_s": 0.5}
-        )
+
+        async def offline() -> bool:
+            return (await cloud.http.get("/api/v1/devices/gate-1")).json()["online"] is None
+
+        await eventually(offline)
+        resp = await cloud.http.post("/api/v1/devices/gate-1/commands", json={"action": "open"})
         assert resp.status_code == 202
         cmd = resp.json()
-        await gw.next_command()  # still published: a reconnecting gateway refuses it as expired
-        done = (await cloud.http.get(f"/api/v1/commands/{cmd['id']}", params={"wait": 5})).json()
-        assert (done["status"], done["final"]) == ("expired", True)
+        # Not queued, not waited out: the answer says so at once (its clean session would lose it).
+        assert (cmd["status"], cmd["final"]) == ("expired", True), cmd
+        assert cmd["result_reason"].startswith("gateway gw-1 is offline, last heard from 20")
+        assert cmd["result_reason"].endswith(": not sent")
+        with pytest.raises(TimeoutError):
+            await gw.next_command(timeout=0.5)
+        trail = (await cloud.http.get(f"/api/v1/commands/{cmd['id']}/audit")).json()
+        assert [(a["status"], a["reason"]) for a in trail] == [
+            ("pending", None),
+            ("expired", cmd["result_reason"]),
+        ]
+        metrics = (await cloud.http.get("/metrics")).text
+        assert 'steward_cloud_command_updates_total{status="expired"} 1' in metrics
+
+        # Back online: commands go out again.
+        await gw.send_status(online=True)
+
+        async def online() -> bool:
+            return (await cloud.http.get("/api/v1/devices/gate-1")).json()["online"] is True
+
+        await eventually(online)
+        again = (await cloud.http.post("/api/v1/devices/gate-1/commands", json={"action": "open"})).json()
+        assert again["status"] == "sent"
+        assert (await gw.next_command()).id == again["id"]
         missing = await cloud.http.get("/api/v1/commands/NOPE")
         assert (missing.status_code, missing.json()["error"]["code"]) == (404, "not_found")
 
