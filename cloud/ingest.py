@@ -158,7 +158,7 @@ class Ingest:
             _heap_frozen = True
             gc.collect()
             gc.freeze()
-            # Threads that hand work back and forth with the event loop (SQLite's writer, paho) wait
+            # Threads that hand work back and forth with the event loop (SQLite's writer and readers) wait
             # for the interpreter lock after each blocking call, and the loop, busy parsing a backlog,
             # gives it up only when it is asked to: by default after 5 ms, each time. A group commit
             # asks a dozen times.
