@@ -18,6 +18,7 @@ from itertools import chain
 from operator import attrgetter
 from typing import Any
 
+import structlog
 from pydantic_core import to_json
 from sqlalchemy import Connection, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -36,6 +37,27 @@ from protocol.models import (
 )
 
 _READING_TYPES = ("meter.reading", "sensor.reading")
+log = structlog.get_logger("steward.cloud.store")
+# (device id, the site that claimed it) already logged: a gateway repeats its claim in every status and
+# batch, and the log should say so once per process, not per message.
+_CLAIMS_LOGGED: set[tuple[str, str]] = set()
+
+
+def _foreign_claim(device_id: str, owner_site: str, site_id: str, gateway_id: str) -> None:
+    """A site's gateway named a device id that another site's registry holds: device ids are unique
+    across the estate portfolio (as gateway ids are), and one site must never move, or write the state
+    or readings of, another site's device. Its events are still stored, under its own site."""
+    if (device_id, site_id) in _CLAIMS_LOGGED:
+        return
+    _CLAIMS_LOGGED.add((device_id, site_id))
+    log.error(
+        "registry.device_id_taken",
+        device=device_id,
+        owner_site=owner_site,
+        site=site_id,
+        gateway=gateway_id,
+        hint=f"rename the device in site {site_id}'s config: device ids must be unique across sites",
+    )
 
 
 def _dialect(session: AsyncSession) -> str:
@@ -628,15 +650,18 @@ def _apply_to_devices_sqlite(
 ) -> None:
     """For each batch in order, its devices' changes (:func:`_device_changes` of its new events) merged
     into their states; a device no event named before gets a row. Then one update of every device whose
-    state changed and one insert of every reading."""
+    state changed and one insert of every reading. A device of another site keeps its state and
+    readings (:func:`_foreign_claim`)."""
     states: dict[str, dict[str, Any]] = {}  # device -> its state in this transaction
+    sites: dict[str, str] = {}  # device -> the site it belongs to
 
     def read_states(device_ids: list[str]) -> None:
-        # One row, [[id, state text], ...]: a row per device would be a step per device. What the JSON
-        # column type would give: json.loads of the stored text, {} for NULL or null.
+        # One row, [[id, state text, site], ...]: a row per device would be a step per device. What the
+        # JSON column type would give: json.loads of the stored text, {} for NULL or null.
         [(found,)] = db.fetchall(_DEVICE_STATES_SQLITE, (_json(device_ids),))
-        for i, state in json.loads(found):
+        for i, state, site in json.loads(found):
             states[i] = (json.loads(state) if state is not None else None) or {}
+            sites[i] = site
 
     read_states(sorted({d for _, devices, _, _ in changes for d in devices}))
     changed: dict[str, dict[str, Any]] = {}
@@ -648,12 +673,17 @@ def _apply_to_devices_sqlite(
                 _DEVICE_INSERT_SQLITE, [(d, batch.site_id, batch.gateway_id, stamp) for d in missing]
             )
             read_states(missing)
+        foreign = {d for d in devices if sites[d] != batch.site_id}
+        for device_id in foreign:
+            _foreign_claim(device_id, sites[device_id], batch.site_id, batch.gateway_id)
         for device_id, updates in latest.items():
+            if device_id in foreign:
+                continue
             before = states[device_id]
             state = merge_latest(before, updates)
             if state != before:
                 states[device_id] = changed[device_id] = state
-        readings += batch_readings
+        readings += [r for r in batch_readings if r[0] not in foreign] if foreign else batch_readings
     if changed:
         update = [(d, json.dumps(s)) for d, s in changed.items()]
         db.execute(_DEVICE_STATE_SQLITE, (_json(update), stamp))
@@ -712,7 +742,8 @@ _READINGS_INSERT_PG = (
 
 
 _DEVICE_STATES_SQLITE = (
-    "SELECT json_group_array(json_array(id, state)) FROM devices WHERE id IN (SELECT value FROM json_each(?))"
+    "SELECT json_group_array(json_array(id, state, site_id)) FROM devices"
+    " WHERE id IN (SELECT value FROM json_each(?))"
 )
 # A device first heard of in its events, as the ORM insert of _apply_to_devices_pg writes it on SQLite.
 _DEVICE_INSERT_SQLITE = (
@@ -764,9 +795,13 @@ async def _apply_to_devices_pg(
 
     # Columns, not ORM objects: always what the transaction sees now (several batches may share one
     # transaction and session), and nothing for the unit of work to track.
+    sites: dict[str, str] = {}
+
     async def states_now() -> dict[str, dict[str, Any]]:
-        query = select(Device.id, Device.state).where(Device.id.in_(device_ids))
-        return {i: state or {} for i, state in (await session.execute(query)).all()}
+        query = select(Device.id, Device.state, Device.site_id).where(Device.id.in_(device_ids))
+        rows = (await session.execute(query)).all()
+        sites.update((i, site) for i, _, site in rows)
+        return {i: state or {} for i, state, _ in rows}
 
     existing = await states_now()
     missing = [d for d in device_ids if d not in existing]
@@ -791,10 +826,13 @@ async def _apply_to_devices_pg(
             .on_conflict_do_nothing(index_elements=["id"])
         )
         existing = await states_now()
+    foreign = {d for d in device_ids if sites.get(d, batch.site_id) != batch.site_id}
+    for device_id in foreign:
+        _foreign_claim(device_id, sites[device_id], batch.site_id, batch.gateway_id)
     changed = []
     for device_id, updates in latest.items():
         before = existing.get(device_id)
-        if before is None:
+        if before is None or device_id in foreign:
             continue
         state = merge_latest(before, updates)
         if state != before:
@@ -802,6 +840,8 @@ async def _apply_to_devices_pg(
     conn = await session.connection()
     if changed:
         await conn.exec_driver_sql(_DEVICE_STATE_PG, changed)
+    if foreign:
+        readings = [r for r in readings if r[0] not in foreign]
     if readings:
         await conn.exec_driver_sql(_READINGS_INSERT_PG, readings)
 
@@ -843,11 +883,21 @@ async def apply_status(session: AsyncSession, status: GatewayStatus, now: dateti
             "online": True if status.online else None,
             "updated_at": now,
         }
+        # Only a device of this site: another gateway of the site may take it over (a device moved to
+        # a new gateway), another site's may not.
         await session.execute(
             _insert(session, Device)
             .values(id=info.id, state={}, **values)
-            .on_conflict_do_update(index_elements=["id"], set_=values)
+            .on_conflict_do_update(index_elements=["id"], set_=values, where=Device.site_id == status.site_id)
         )
+    if status.devices:
+        taken = await session.execute(
+            select(Device.id, Device.site_id).where(
+                Device.id.in_([d.id for d in status.devices]), Device.site_id != status.site_id
+            )
+        )
+        for device_id, owner in taken.all():
+            _foreign_claim(device_id, owner, status.site_id, status.gateway_id)
     if not status.online:
         await session.execute(
             update(Device).where(Device.gateway_id == status.gateway_id).values(online=None, updated_at=now)

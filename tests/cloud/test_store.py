@@ -10,13 +10,16 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from structlog.testing import capture_logs
 
+import cloud.store
 from cloud import CloudSettings
 from cloud.command_store import apply_result, expire_due, mark_gateway_seen
 from cloud.db import make_engine, make_sessions, upgrade
 from cloud.store import apply_status, ingest_batch, mark_silent_gateways
 from cloud.tables import CommandAudit, CommandRow, Device, EventRow, Gateway, Reading
 from protocol import CommandResult, CommandStatus, GatewayStatus, new_id
+from protocol.models import DeviceInfo
 from tests.cloud.conftest import PG_URL, pg_available
 from tests.cloud.support import DEVICES, GATEWAY, SITE, make_batch, make_event
 
@@ -195,6 +198,68 @@ async def test_silent_gateway_goes_offline_and_devices_unknown(
     assert gw is not None
     assert gw.online is False
     assert set(devices) == {None}
+
+
+async def test_another_sites_gateway_cannot_move_or_write_a_device_it_names(
+    sessions: async_sessionmaker[AsyncSession], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Device ids are unique across sites: an estate whose config reuses another's id (every estate has
+    a "fire-panel") must not move that device to itself, nor write its state or readings; its own
+    events are still stored, under its site, and the clash is logged once."""
+    now = datetime.now(UTC)
+    t0 = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
+    other_site, other_gw = "elm-court", "gw-9"
+    monkeypatch.setattr(cloud.store, "_CLAIMS_LOGGED", set())  # logged once per process: a fresh one
+    async with sessions() as s, s.begin():
+        await apply_status(
+            s, GatewayStatus(site_id=SITE, gateway_id=GATEWAY, online=True, at=now, devices=DEVICES), now
+        )
+        await ingest_batch(
+            s, make_batch([make_event("meter-1", "meter.reading", 1, {"kwh": 100.0}, ts=t0)]), now
+        )
+    theirs = [
+        DeviceInfo(id="meter-1", kind="smart_meter", model="x"),
+        DeviceInfo(id="meter-9", kind="smart_meter", model="x"),
+    ]
+    with capture_logs() as logs:
+        async with sessions() as s, s.begin():
+            await apply_status(
+                s,
+                GatewayStatus(site_id=other_site, gateway_id=other_gw, online=True, at=now, devices=theirs),
+                now,
+            )
+        batch = make_batch(
+            [
+                make_event("meter-1", "meter.reading", 1, {"kwh": 999.0}, ts=t0 + timedelta(minutes=1)),
+                make_event("meter-9", "meter.reading", 2, {"kwh": 5.0}, ts=t0 + timedelta(minutes=1)),
+            ],
+            site=other_site,
+            gateway=other_gw,
+        )
+        async with sessions() as s, s.begin():
+            result = await ingest_batch(s, batch, now)
+        async with sessions() as s, s.begin():
+            await apply_status(
+                s, GatewayStatus(site_id=other_site, gateway_id=other_gw, online=False, at=now), now
+            )
+    assert result.stored == 2
+    async with sessions() as s:
+        meter = await s.get(Device, "meter-1")
+        theirs_meter = await s.get(Device, "meter-9")
+        values = (
+            (await s.execute(select(Reading.value).where(Reading.device_id == "meter-1"))).scalars().all()
+        )
+        kept = await s.scalar(
+            select(func.count()).select_from(EventRow).where(EventRow.site_id == other_site)
+        )
+    assert meter is not None and theirs_meter is not None
+    assert (meter.site_id, meter.gateway_id, meter.model, meter.online) == (SITE, GATEWAY, "generic", True)
+    assert meter.state["reading"]["value"] == {"kwh": 100.0}
+    assert values == [100.0]
+    assert (theirs_meter.site_id, theirs_meter.state["reading"]["value"]) == (other_site, {"kwh": 5.0})
+    assert kept == 2
+    clashes = [entry for entry in logs if entry["event"] == "registry.device_id_taken"]
+    assert [(c["device"], c["owner_site"], c["site"]) for c in clashes] == [("meter-1", SITE, other_site)]
 
 
 async def test_group_commit_touches_each_gateway_once_with_its_latest_batch(
