@@ -379,13 +379,23 @@ class MqttClient:
     async def publish(
         self, topic: str, payload: bytes | str, qos: int = 1, retain: bool = False, timeout: float = 10.0
     ) -> None:
-        """Publish; for QoS >= 1 return only once the broker has acknowledged it."""
+        """Publish; for QoS >= 1 return only once the broker has acknowledged it.
+
+        Not connected (or not yet accepted by the broker): MqttPublishError at once, and the message is
+        not kept for later. A caller told that a publish failed can rely on it: paho on its own would
+        send it after the next connect, e.g. a command the operator was told had failed."""
+        if not self.is_connected:
+            if qos == 0:
+                return
+            raise MqttPublishError(f"publish to {topic}: not connected to the broker")
         # paho calls on_publish only from a read on this loop, so the future is stored before any PUBACK
         # can be handled.
         info = self._client.publish(topic, payload, qos=qos, retain=retain)
         if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
+            self._forget_outgoing(info.mid)
             raise MqttPublishError(f"publish to {topic} failed: {paho.error_string(info.rc)}")
         if info.rc == paho.MQTT_ERR_NO_CONN:
+            self._forget_outgoing(info.mid)
             if qos == 0:
                 return
             raise MqttPublishError(f"publish to {topic}: not connected to the broker")
@@ -496,8 +506,23 @@ class MqttClient:
             log.warning(
                 "mqtt.disconnected", broker=f"{self.host}:{self.port}", client=self.client_id, reason=reason
             )
-        # In-flight QoS 1 publishes may never be acknowledged now; callers resend from their own store.
+        # In-flight QoS 1 publishes may never be acknowledged now; callers resend from their own store
+        # (or report the failure), so paho must not send them again after the reconnect.
+        self._forget_outgoing()
         self._fail_pending(MqttPublishError(f"connection lost: {reason}"))
+
+    def _forget_outgoing(self, mid: int | None = None) -> None:
+        """Drop paho's copy of unacknowledged outgoing messages (one, or all): paho keeps each until its
+        PUBACK and publishes it again after a reconnect, even with a clean session, though its caller
+        has been told it failed. paho has no public call for it; tests/test_mqtt_client.py fails if its
+        private state changes shape."""
+        client: Any = self._client
+        with client._out_message_mutex:
+            if mid is None:
+                client._out_messages.clear()
+                client._inflight_messages = 0
+            else:
+                client._out_messages.pop(mid, None)
 
     def _fail_pending(self, exc: Exception) -> None:
         for fut in list(self._state.pending.values()) + list(self._state.subacks.values()):
