@@ -30,7 +30,7 @@ class Metrics:
             if seconds <= bound:
                 self.ack_buckets[i] += 1
 
-    def render(self, gateways_online: int, gateways_skewed: int) -> str:
+    def render(self, gateways_online: int, gateways_skewed: int, device_id_clashes: int = 0) -> str:
         p = "steward_cloud_"
         lines = [
             f"# HELP {p}batches_total Event batches stored and acknowledged.",
@@ -69,5 +69,9 @@ class Metrics:
             f"# HELP {p}gateways_clock_skewed Gateways whose clock is off by more than max_clock_skew_s.",
             f"# TYPE {p}gateways_clock_skewed gauge",
             f"{p}gateways_clock_skewed {gateways_skewed}",
+            f"# HELP {p}device_id_clashes Device ids a site's gateway named that another site holds"
+            " (distinct device and claiming site, seen by this process; see registry.device_id_taken).",
+            f"# TYPE {p}device_id_clashes gauge",
+            f"{p}device_id_clashes {device_id_clashes}",
         ]
         return "\n".join(lines) + "\n"

@@ -43,6 +43,11 @@ log = structlog.get_logger("steward.cloud.store")
 _CLAIMS_LOGGED: set[tuple[str, str]] = set()
 
 
+def device_id_clashes() -> int:
+    """How many (device id, claiming site) clashes this process has seen (``/metrics``)."""
+    return len(_CLAIMS_LOGGED)
+
+
 def _foreign_claim(device_id: str, owner_site: str, site_id: str, gateway_id: str) -> None:
     """A site's gateway named a device id that another site's registry holds: device ids are unique
     across the estate portfolio (as gateway ids are), and one site must never move, or write the state

@@ -260,6 +260,7 @@ async def test_another_sites_gateway_cannot_move_or_write_a_device_it_names(
     assert kept == 2
     clashes = [entry for entry in logs if entry["event"] == "registry.device_id_taken"]
     assert [(c["device"], c["owner_site"], c["site"]) for c in clashes] == [("meter-1", SITE, other_site)]
+    assert cloud.store.device_id_clashes() == 1  # the /metrics gauge
 
 
 async def test_group_commit_touches_each_gateway_once_with_its_latest_batch(
