@@ -148,6 +148,13 @@ def cloud_broker_config(
     out: Annotated[Path, typer.Option(help="Directory for passwd, acl and mosquitto.conf")],
     port: Annotated[int, typer.Option(help="Mosquitto listener port")] = 8883,
     bind: Annotated[str | None, typer.Option(help="Listener bind address")] = None,
+    cloud_port: Annotated[
+        int, typer.Option(help="The cloud's own listener (no TLS; only the cloud account may use it)")
+    ] = 1883,
+    cloud_bind: Annotated[
+        str,
+        typer.Option(help="Its bind address: loopback, unless the cloud runs on another host"),
+    ] = "127.0.0.1",
     ca_file: Annotated[Path | None, typer.Option(help="TLS: CA certificate")] = None,
     cert_file: Annotated[Path | None, typer.Option(help="TLS: broker certificate")] = None,
     key_file: Annotated[Path | None, typer.Option(help="TLS: broker key")] = None,
@@ -167,6 +174,9 @@ def cloud_broker_config(
     tls_files = (ca_file, cert_file, key_file)
     if any(tls_files) and not all(tls_files):
         typer.secho("TLS needs --ca-file, --cert-file and --key-file together", fg="red", err=True)
+        raise typer.Exit(2)
+    if cloud_port == port:
+        typer.secho(f"--cloud-port {port} is the gateways' listener too; pick another", fg="red", err=True)
         raise typer.Exit(2)
     settings = _cloud_settings(database_url=database_url)
     cloud = cloud_username(settings)
@@ -188,7 +198,15 @@ def cloud_broker_config(
         if ca_file
         else None
     )
-    files = write_broker_config(accounts, out, port=port, bind_address=bind, tls=tls)
+    files = write_broker_config(
+        accounts,
+        out,
+        port=port,
+        bind_address=bind,
+        tls=tls,
+        cloud_port=cloud_port,
+        cloud_bind_address=cloud_bind,
+    )
     gateways = registered_gateways(accounts)
     typer.echo(f"{files.conf}, {files.password_file}, {files.acl_file}: cloud + {len(gateways)} gateway(s)")
     for site_id, gateway_id in gateways:

@@ -152,6 +152,10 @@ def test_broker_config_cli_writes_mosquitto_files(tmp_path: Path, monkeypatch: p
             "--rotate-cloud",
             "--port",
             "8884",
+            "--cloud-port",
+            "1884",
+            "--cloud-bind",
+            "127.0.0.2",
         ],
     )
     assert result.exit_code == 0, result.output
@@ -159,6 +163,7 @@ def test_broker_config_cli_writes_mosquitto_files(tmp_path: Path, monkeypatch: p
     cloud_password = result.output.split("password: ", 1)[1].split()[0]
     conf = (out / "mosquitto.conf").read_text()
     assert "allow_anonymous false" in conf and "listener 8884" in conf
+    assert "listener 1884 127.0.0.2" in conf
     acl = (out / "acl").read_text()
     assert (
         f"user {user}\ntopic read steward/v1/{SITE}/{GW}/down/#\ntopic write steward/v1/{SITE}/{GW}/up/#"
@@ -171,3 +176,7 @@ def test_broker_config_cli_writes_mosquitto_files(tmp_path: Path, monkeypatch: p
     accounts = BrokerAccounts.load(tmp_path / "broker-accounts.json")
     assert accounts.authenticate(user, password) is not None  # gateways keep their passwords
     assert accounts.authenticate("steward-cloud", cloud_password) is not None
+    clash = CliRunner().invoke(
+        cli, ["cloud", "broker-config", "--out", str(out), "--database-url", db, "--cloud-port", "8883"]
+    )
+    assert clash.exit_code == 2 and "is the gateways' listener too" in clash.output
