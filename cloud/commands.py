@@ -70,8 +70,10 @@ class CommandService:
         One write transaction: the device lookup, the insert, and the ``pending`` and ``sent`` audit rows
         commit together *before* the publish. A second transaction for ``sent`` after the PUBACK used to
         collide on SQLite's write lock with ingest storing the gateway's result for the same command.
-        "sent" therefore means "stored and being handed to the broker"; if the broker does not take it,
-        the command moves on to ``failed`` (503).
+        "sent" therefore means "stored and being handed to the broker"; if the client could not hand it
+        over (not connected), the command moves on to ``failed`` (503). If it left but the broker did
+        not confirm it (no PUBACK within ``command_publish_timeout_s``, or the link dropped with it in
+        flight), the answer is 503 too, but the command stays ``sent``: it may still reach the gateway.
 
         A command for a gateway that is offline (its Last Will, or silent past
         ``gateway_offline_after_s``) is stored ``expired`` at once, with the reason, and not sent: the
@@ -106,14 +108,25 @@ class CommandService:
         )
         wire = sign_command(unsigned, self.signing_key)
         topic = Topics(self.settings.topic_prefix, cmd.site_id, cmd.gateway_id).commands
+        timeout = self.settings.command_publish_timeout_s
         try:
-            await self.mqtt.publish(topic, wire.to_bytes(), qos=1, retain=False, timeout=5)
+            await self.mqtt.publish(topic, wire.to_bytes(), qos=1, retain=False, timeout=timeout)
         except MqttError as exc:
+            if getattr(exc, "may_have_sent", False):
+                # It left, unconfirmed: the broker may have it and the gate may still move. Failing it
+                # would tell the operator otherwise (and ignore the gateway's result); it stays sent,
+                # and its result or, at its expiry, the sweeper ends it.
+                bound.warning("command.publish_unconfirmed", error=str(exc))
+                self.metrics.commands[cmd.status] += 1
+                self.hub.publish("command", command_json(cmd), row=cmd)
+                raise BrokerUnavailable(
+                    f"command {cmd.id} not confirmed by the MQTT broker ({exc}); it may still run: "
+                    f"follow GET /api/v1/commands/{cmd.id}"
+                ) from None
             bound.warning("command.publish_failed", error=str(exc))
-            await self._advance(cmd.id, CommandStatus.FAILED, f"not delivered to the broker: {exc}")
-            raise BrokerUnavailable(
-                f"command {cmd.id} not sent: the MQTT broker is unavailable ({exc})"
-            ) from None
+            why = f"not sent: the MQTT broker is unavailable ({exc})"
+            await self._advance(cmd.id, CommandStatus.FAILED, why)
+            raise BrokerUnavailable(f"command {cmd.id} {why}") from None
         self.metrics.commands[cmd.status] += 1
         self.hub.publish("command", command_json(cmd), row=cmd)
         bound.info("command.sent", issued_by=cmd.issued_by, expires_at=cmd.expires_at.isoformat())

@@ -45,6 +45,9 @@ class CloudSettings(BaseModel):
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8080, ge=0, le=65535)
     command_expiry_s: float = Field(default=30, gt=0, le=3600)
+    command_publish_timeout_s: float = Field(
+        default=5, gt=0, le=60, description="How long a command's PUBACK may take before the POST answers 503"
+    )
     gateway_offline_after_s: float = Field(default=180, gt=0)
     max_clock_skew_s: float = Field(
         default=120, gt=0, description="Flag a gateway whose clock is further off"

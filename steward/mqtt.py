@@ -49,7 +49,12 @@ class MqttConnectError(MqttError):
 
 
 class MqttPublishError(MqttError):
-    pass
+    """``may_have_sent``: the message had left (no PUBACK in time, or the link dropped with it in
+    flight), so the broker may have it and deliver it; False when it was refused before being sent."""
+
+    def __init__(self, message: str, *, may_have_sent: bool = False) -> None:
+        super().__init__(message)
+        self.may_have_sent = may_have_sent
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,7 +246,7 @@ class MqttClient:
         self._abort()  # a DISCONNECT the socket never took: close it anyway
         self._connected.clear()
         self._disconnected.set()
-        self._fail_pending(MqttPublishError("client closed"))
+        self._fail_pending(MqttPublishError("client closed", may_have_sent=True))
 
     @property
     def _broker(self) -> str:
@@ -423,7 +428,7 @@ class MqttClient:
             async with asyncio.timeout(timeout):
                 await fut
         except TimeoutError:
-            raise MqttPublishError(f"no PUBACK for {topic} within {timeout}s") from None
+            raise MqttPublishError(f"no PUBACK for {topic} within {timeout}s", may_have_sent=True) from None
         finally:
             self._state.pending.pop(info.mid, None)
 
@@ -523,7 +528,7 @@ class MqttClient:
         # In-flight QoS 1 publishes may never be acknowledged now; callers resend from their own store
         # (or report the failure), so paho must not send them again after the reconnect.
         self._forget_outgoing()
-        self._fail_pending(MqttPublishError(f"connection lost: {reason}"))
+        self._fail_pending(MqttPublishError(f"connection lost: {reason}", may_have_sent=True))
 
     def _forget_outgoing(self, mid: int | None = None) -> None:
         """Drop paho's copy of unacknowledged outgoing messages (one, or all): paho keeps each until its

@@ -36,7 +36,7 @@ from tests.cloud.support import (
     free_port,
     running_cloud,
 )
-from tests.stack import CloudDb
+from tests.stack import CloudDb, LinkProxy
 
 
 @asynccontextmanager
@@ -286,18 +286,48 @@ async def test_broker_gone_is_503_and_the_command_failed(sqlite_url: str) -> Non
                 await eventually(lambda: _registered(cloud))
             await asyncio.wait_for(broker.shutdown(), 10)
             running = False
-            # The command is stored as sent before the publish; no PUBACK within 5 s moves it to failed.
+            # The command is stored as sent before the publish; the client, not connected, refuses it at
+            # once and keeps nothing for later, so it is failed: it cannot reach the gateway.
             resp = await cloud.http.post("/api/v1/devices/gate-1/commands", json={"action": "open"})
             assert (resp.status_code, resp.json()["error"]["code"]) == (503, "broker_unavailable"), resp.text
             command_id = resp.json()["error"]["message"].split()[1]
             done = (await cloud.http.get(f"/api/v1/commands/{command_id}")).json()
             assert (done["status"], done["final"]) == ("failed", True)
-            assert "not delivered to the broker" in done["result_reason"]
+            assert done["result_reason"].startswith("not sent: the MQTT broker is unavailable")
             trail = (await cloud.http.get(f"/api/v1/commands/{command_id}/audit")).json()
             assert [a["status"] for a in trail] == ["pending", "sent", "failed"]
     finally:
         if running:
             await asyncio.wait_for(broker.shutdown(), 10)
+
+
+async def test_a_command_the_broker_does_not_confirm_stays_sent_and_can_still_succeed(
+    broker_port: int, sqlite_url: str
+) -> None:
+    """503 when the PUBACK does not come in time, but not ``failed``: the message left, the broker may
+    have it, and the gate may still move; the gateway's result decides."""
+    link = LinkProxy(broker_port)  # the cloud's own link to the broker, which the test stalls
+    await link.start()
+    settings = cloud_settings(link.port, sqlite_url, command_publish_timeout_s=0.5)
+    try:
+        async with running_cloud(settings) as cloud, FakeGateway(broker_port) as gw:
+            await gw.send_status(online=True)
+            await eventually(lambda: _registered(cloud))
+            link.hold()
+            resp = await cloud.http.post("/api/v1/devices/gate-1/commands", json={"action": "open"})
+            error = resp.json()["error"]
+            assert (resp.status_code, error["code"]) == (503, "broker_unavailable"), resp.text
+            assert "it may still run" in error["message"]
+            command_id = error["message"].split()[1]
+            assert (await cloud.http.get(f"/api/v1/commands/{command_id}")).json()["status"] == "sent"
+            link.release()
+            cmd = await gw.next_command()
+            assert cmd.id == command_id
+            await gw.answer(cmd, CommandStatus.SUCCEEDED, gate="open")
+            done = (await cloud.http.get(f"/api/v1/commands/{command_id}", params={"wait": 5})).json()
+            assert (done["status"], done["final"]) == ("succeeded", True)
+    finally:
+        await link.cut()
 
 
 async def _registered(cloud: RunningCloud) -> bool:
