@@ -54,7 +54,9 @@ async def _with_device_location(session: AsyncSession, spec: NewWorkOrder) -> Ne
     if spec.location or not spec.device_id:
         return spec
     device = await session.get(Device, spec.device_id)
-    if device is not None and device.location:
+    # Device ids are unique across sites; an id another site holds (cloud.store._foreign_claim) names
+    # that site's device, whose location would send the work order's team to the wrong estate.
+    if device is not None and device.site_id == spec.site_id and device.location:
         spec.location = dict(device.location)
         spec.apartment = spec.apartment or device.location.get("apartment")
     return spec

@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlalchemy import select, update
 
-from cloud.tables import Gateway
+from cloud.tables import Device, Gateway
 from cloud.workorders.tables import Occurrence, WorkOrder
 from tests.cloud.support import make_batch
 from tests.workorders.support import GATEWAY, SITE, Clock, Db, event, ingest, service
@@ -60,6 +60,20 @@ async def test_each_event_rule_opens_its_work_order(db: Db, clock: Clock, case: 
     )
     assert wo.response_due == clock() + deadlines.response
     assert wo.resolution_due == clock() + deadlines.resolution
+
+
+async def test_a_work_order_never_takes_its_location_from_another_sites_device(db: Db, clock: Clock) -> None:
+    svc = service(db, clock)
+    async with db.sessions() as session, session.begin():
+        session.add(
+            Device(
+                id="panel-1", site_id="elm-court", gateway_id="gw-9", kind="fire_panel", model="x",
+                location={"area": "Elm Court plant room"}, state={}, online=True, updated_at=clock(),
+            )
+        )  # fmt: skip
+    await ingest(db, svc, event("panel-1", "fire.alarm", {"zone": 3}, at=clock()))
+    [wo] = await work_orders(db)
+    assert (wo.site_id, wo.location) == (SITE, None)
 
 
 async def test_events_no_rule_wants_open_nothing(db: Db, clock: Clock) -> None:
