@@ -328,11 +328,12 @@ class MqttClient:
             self._call(fn, *args)
 
     def _watch(self, sock: Any) -> None:
-        if sock is not self._client.socket() or sock.fileno() < 0:
+        fd: int = sock.fileno()  # -1 once closed
+        if sock is not self._client.socket() or fd < 0:
             return  # closed again before the loop got to it
         assert self._loop is not None
         self._watched, self._writing = sock, False
-        self._loop.add_reader(sock.fileno(), self._readable)
+        self._loop.add_reader(fd, self._readable)
         if self._client.want_write():
             self._want_write(sock)
 
