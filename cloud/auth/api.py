@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request, status
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from sqlalchemy import select
 
 from cloud.api.deps import ServicesDep
 from cloud.auth.deps import CurrentUser, auth_service, require
@@ -15,7 +16,9 @@ from cloud.auth.permissions import ROLE_PERMISSIONS, Permission, Role
 from cloud.auth.registration import Registrar
 from cloud.auth.service import AuthService
 from cloud.auth.tables import UserRow
+from cloud.db import make_read_sessions
 from cloud.schemas import ErrorOut
+from cloud.tables import Device
 from protocol.topics import check_segment
 
 router = APIRouter(tags=["auth"])
@@ -131,6 +134,11 @@ class RegisterIn(BaseModel):
     site_id: str
     gateway_id: str
     site_name: str | None = Field(default=None, max_length=200)
+    device_ids: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(
+        default_factory=list,
+        max_length=5000,
+        description="The gateway's device ids; the answer lists those another site already has",
+    )
 
     @field_validator("site_id", "gateway_id")
     @classmethod
@@ -146,6 +154,11 @@ class RegisterOut(BaseModel):
     command_public_key: str
     topic_prefix: str
     rotated: bool = Field(description="True if the gateway was registered before and its password changed")
+    device_ids_taken: list[str] = Field(
+        default_factory=list,
+        description="Of the device_ids sent, those another site's devices already have: device ids are"
+        " unique across sites, and the cloud keeps those devices with their site. Rename them here.",
+    )
 
 
 def _auth(services: Any) -> AuthService:
@@ -300,6 +313,16 @@ async def register_gateway(
         detail=f"{reg.gateway_id} ({'password rotated' if reg.rotated else 'new'})",
     )
     assert service.command_public_key is not None
+    taken: list[str] = []
+    if body.device_ids:
+        # Only which ids: not whose, nor anything else of another site's devices.
+        async with make_read_sessions(services.sessions)() as session:
+            rows = await session.execute(
+                select(Device.id)
+                .where(Device.id.in_(body.device_ids), Device.site_id != reg.site_id)
+                .order_by(Device.id)
+            )
+            taken = list(rows.scalars())
     return RegisterOut(
         site_id=reg.site_id,
         gateway_id=reg.gateway_id,
@@ -308,4 +331,5 @@ async def register_gateway(
         command_public_key=service.command_public_key,
         topic_prefix=services.settings.topic_prefix,
         rotated=reg.rotated,
+        device_ids_taken=taken,
     )

@@ -84,6 +84,8 @@ class RegisterReply(BaseModel):
     command_public_key: str = Field(min_length=1, max_length=200)
     topic_prefix: str = Field(pattern=r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$")
     rotated: bool
+    # The config's device ids another site already has (a cloud before this field sends none).
+    device_ids_taken: list[str] = Field(default_factory=list, exclude=True)
 
     @field_validator("command_public_key")
     @classmethod
@@ -209,10 +211,17 @@ class CloudClient:
                     return dict(g)
         return None
 
-    def register(self, site_id: str, gateway_id: str, site_name: str | None) -> RegisterReply:
-        body = {"site_id": check_segment(site_id, "site id"), "gateway_id": check_segment(gateway_id, "id")}
+    def register(
+        self, site_id: str, gateway_id: str, site_name: str | None, device_ids: list[str] | None = None
+    ) -> RegisterReply:
+        body: dict[str, Any] = {
+            "site_id": check_segment(site_id, "site id"),
+            "gateway_id": check_segment(gateway_id, "id"),
+        }
         if site_name:
             body["site_name"] = site_name[:200]
+        if device_ids:
+            body["device_ids"] = device_ids
         what = f"registering {gateway_id} at {site_id}"
         response = self._request("POST", "/gateways/register", what, json=body)
         try:

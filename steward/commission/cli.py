@@ -786,7 +786,9 @@ def register(
                     "Registering again gives it a new password and the gateway using the old one goes "
                     "offline. Pass --force to do that."
                 )
-            reply = client.register(site.site_id, site.gateway_id, site.site_name)
+            reply = client.register(
+                site.site_id, site.gateway_id, site.site_name, [d.id for d in site.devices]
+            )
         except CloudFailure as exc:
             _log(config, "register", installer=installer, ok=False, summary=str(exc), cloud=client.base_url)
             _fail(str(exc), exc.exit_code)
@@ -834,6 +836,7 @@ def register(
                 "command_public_key": reply.command_public_key,
                 "topic_prefix": reply.topic_prefix,
                 "rotated": reply.rotated,
+                "device_ids_taken": reply.device_ids_taken,
                 "cloud": client.base_url,
                 "config": str(config),
                 "credentials_file": str(creds_path),
@@ -844,6 +847,13 @@ def register(
     out.print(f"[green]OK[/green]: gateway {reply.gateway_id} at site {reply.site_id} {summary}.")
     if reply.rotated:
         out.print("[yellow]It was registered before; its earlier broker password no longer works.[/yellow]")
+    if reply.device_ids_taken:
+        out.print(
+            f"[red]Device ids another site already has: {', '.join(reply.device_ids_taken)}.[/red] "
+            "Device ids are unique across sites; the cloud keeps those devices with their site, and "
+            "this site's events for them update neither state nor readings. Rename them in the config "
+            "(e.g. after the estate) before the gateway runs."
+        )
     out.print(
         f"{config}: uplink username, password, command_public_key and topic_prefix set; "
         "readable by you only (mode 0600)."

@@ -170,6 +170,38 @@ def test_register_gateway_id_taken_at_another_site(bg: BackgroundLoop, cloud: Ap
     assert not (second / "site.yaml.credentials.json").exists()
 
 
+def test_register_names_device_ids_another_site_already_has(
+    bg: BackgroundLoop, cloud: App, tmp_path: Path
+) -> None:
+    # Another estate's gateway reported gate-1, door-1 and meter-1 (the stand-in's devices).
+    async def report() -> None:
+        async with FakeGateway(cloud.settings.broker_port, site="elm-row", gateway="gw-elm") as gw:
+            await gw.send_status(online=True)
+
+    bg.run(report())
+    admin = token_for(bg, cloud, "root-elm", Role.ADMIN, [])
+    for _ in range(200):
+        if api(cloud, "GET", "/api/v1/devices/gate-1", admin).status_code == 200:
+            break
+        bg.run(_sleep(0.05))
+    site = write_site(tmp_path, "yew-row", "gw-yew")
+    modbus = "transport: {type: modbus_tcp, host: 127.0.0.1, port: 5020, unit: %d}"
+    site.write_text(
+        site.read_text().replace(
+            "devices: []",
+            f"devices:\n  - {{id: gate-1, kind: barrier_gate, {modbus % 1}}}\n"
+            f"  - {{id: yew-gate-2, kind: barrier_gate, {modbus % 2}}}",
+        )
+    )
+    token = token_for(bg, cloud, "ian-yew", Role.INSTALLER, ["yew-row"])
+    r = register(site, cloud, token, "--json")
+    assert r.exit_code == 0, r.stderr
+    assert json.loads(r.stdout)["device_ids_taken"] == ["gate-1"]  # not yew-gate-2, and not whose
+    assert "device_ids_taken" not in (tmp_path / "site.yaml.credentials.json").read_text()
+    text = register(site, cloud, token, "--force")
+    assert text.exit_code == 0 and "Device ids another site already has: gate-1." in text.stdout
+
+
 def test_register_cloud_unreachable_and_bad_options(tmp_path: Path) -> None:
     site = write_site(tmp_path, "yew-lane", "gw-yew")
     before = site.read_text()
