@@ -105,17 +105,7 @@ def test_register_refuses_a_gateway_that_already_connected(
 ) -> None:
     # A gateway that has been talking to the cloud (here on the open test broker) is in use: a second
     # laptop without its credentials must not silently cut it off by rotating its password.
-    async def connect() -> None:
-        async with FakeGateway(cloud.settings.broker_port, site="ash-row", gateway="gw-ash") as gw:
-            await gw.send_status(online=True)
-
-    bg.run(connect())
-    admin = token_for(bg, cloud, "root-ash", Role.ADMIN, [])
-    for _ in range(200):
-        found = api(cloud, "GET", "/api/v1/gateways", admin, params={"site_id": "ash-row"}).json()
-        if found and found[0]["last_seen"]:
-            break
-        bg.run(_sleep(0.05))
+    _reported(bg, cloud, "ash-row", "gw-ash")
     site = write_site(tmp_path, "ash-row", "gw-ash")
     token = token_for(bg, cloud, "ian-ash", Role.INSTALLER, ["ash-row"])
     r = register(site, cloud, token)
@@ -125,8 +115,22 @@ def test_register_refuses_a_gateway_that_already_connected(
     assert register(site, cloud, token, "--force").exit_code == 0
 
 
-async def _sleep(seconds: float) -> None:
-    await asyncio.sleep(seconds)
+def _reported(bg: BackgroundLoop, cloud: App, site: str, gateway: str) -> None:
+    """A stand-in gateway reports itself (and gate-1, door-1, meter-1) on the open test broker; returns
+    once the cloud has stored the report."""
+
+    async def report() -> None:
+        async with FakeGateway(cloud.settings.broker_port, site=site, gateway=gateway) as gw:
+            await gw.send_status(online=True)
+
+    bg.run(report())
+    admin = token_for(bg, cloud, f"root-{gateway}", Role.ADMIN, [])
+    for _ in range(200):
+        found = api(cloud, "GET", "/api/v1/gateways", admin, params={"site_id": site}).json()
+        if found and found[0]["last_seen"]:
+            return
+        bg.run(asyncio.sleep(0.05))
+    raise AssertionError(f"the cloud did not store {gateway}'s report within 10 s")
 
 
 def test_register_bad_expired_and_foreign_tokens(bg: BackgroundLoop, cloud: App, tmp_path: Path) -> None:
@@ -173,17 +177,7 @@ def test_register_gateway_id_taken_at_another_site(bg: BackgroundLoop, cloud: Ap
 def test_register_names_device_ids_another_site_already_has(
     bg: BackgroundLoop, cloud: App, tmp_path: Path
 ) -> None:
-    # Another estate's gateway reported gate-1, door-1 and meter-1 (the stand-in's devices).
-    async def report() -> None:
-        async with FakeGateway(cloud.settings.broker_port, site="elm-row", gateway="gw-elm") as gw:
-            await gw.send_status(online=True)
-
-    bg.run(report())
-    admin = token_for(bg, cloud, "root-elm", Role.ADMIN, [])
-    for _ in range(200):
-        if api(cloud, "GET", "/api/v1/devices/gate-1", admin).status_code == 200:
-            break
-        bg.run(_sleep(0.05))
+    _reported(bg, cloud, "elm-row", "gw-elm")  # another estate's gateway, with gate-1
     site = write_site(tmp_path, "yew-row", "gw-yew")
     modbus = "transport: {type: modbus_tcp, host: 127.0.0.1, port: 5020, unit: %d}"
     site.write_text(
