@@ -19,6 +19,7 @@ from cloud.api.deps import Services
 from cloud.commands import CommandService
 from cloud.db import make_engine, make_sessions, upgrade
 from cloud.errors import document_errors, install_error_handlers
+from cloud.fanout import Fanout
 from cloud.features import load_features
 from cloud.hub import Hub
 from cloud.ingest import Ingest
@@ -61,6 +62,9 @@ def create_app(settings: CloudSettings) -> FastAPI:
                         tg.create_task(ingest.run(), name="cloud-ingest"),
                         tg.create_task(commands.run_sweeper(), name="cloud-sweeper"),
                     ]
+                    if settings.fanout_enabled:
+                        fanout = Fanout(settings, hub, metrics)
+                        loops.append(tg.create_task(fanout.run(), name="cloud-fanout"))
                     loops += [
                         tg.create_task(f.run(services), name=f.__name__)
                         for f in features

@@ -2,7 +2,8 @@
 
 Long-polls watch a command id; SSE streams take every message. Each subscriber has a bounded queue;
 a slow one loses its oldest messages (counted) instead of holding memory. With several cloud instances
-a change may be ingested elsewhere, so waiters also re-read the store periodically.
+a change may be ingested elsewhere: :mod:`cloud.fanout` carries each instance's messages to the others
+(``forward``), and waiters also re-read the store periodically, for what that live path loses.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,10 +41,14 @@ class Hub:
         self._subscribers: set[Subscriber] = set()
         self._command_waiters: dict[str, set[CommandWatch]] = {}
         self._latest: OrderedDict[str, Any] = OrderedDict()
+        # Set while the other cloud instances are to hear of what is published here (cloud.fanout).
+        self.forward: Callable[[str, dict[str, Any]], None] | None = None
 
-    def publish(self, kind: str, data: dict[str, Any], *, row: Any = None) -> None:
+    def publish(self, kind: str, data: dict[str, Any], *, row: Any = None, forwarded: bool = False) -> None:
         """``row``: for a command, its committed row, handed to long-polls so they need not read it
-        back from the store."""
+        back from the store. ``forwarded``: it came from another instance, so it goes no further."""
+        if self.forward is not None and not forwarded:
+            self.forward(kind, data)
         message = {"kind": kind, "data": data}
         for sub in list(self._subscribers):
             if sub.queue.full():
@@ -70,7 +75,8 @@ class Hub:
 
     @property
     def has_subscribers(self) -> bool:
-        return bool(self._subscribers)
+        """Whether anyone may read what is published: a stream here, or (forwarding) on another instance."""
+        return bool(self._subscribers) or self.forward is not None
 
     @contextlib.asynccontextmanager
     async def subscribe(self) -> AsyncIterator[Subscriber]:

@@ -22,6 +22,11 @@ class Metrics:
     ack_count: int = 0
     ack_sum: float = 0.0
     ack_buckets: list[int] = field(default_factory=lambda: [0] * len(ACK_BUCKETS))
+    fanout_sent: int = 0  # MQTT messages carrying this instance's live stream to the others
+    fanout_received: int = 0  # such messages from other instances
+    fanout_dropped: int = 0  # live-stream messages not sent: the broker was away, or too many waited
+    fanout_refused: int = 0  # malformed messages on the fan-out topic
+    fanout_ready: bool = False  # subscribed, and our own probe came back through the broker
 
     def observe_ack(self, seconds: float) -> None:
         self.ack_count += 1
@@ -73,5 +78,18 @@ class Metrics:
             " (distinct device and claiming site, seen by this process; see registry.device_id_taken).",
             f"# TYPE {p}device_id_clashes gauge",
             f"{p}device_id_clashes {device_id_clashes}",
+            f"# HELP {p}fanout_messages_total Live-stream messages between cloud instances, by outcome.",
+            f"# TYPE {p}fanout_messages_total counter",
+            f'{p}fanout_messages_total{{outcome="sent"}} {self.fanout_sent}',
+            f'{p}fanout_messages_total{{outcome="received"}} {self.fanout_received}',
+            f'{p}fanout_messages_total{{outcome="refused"}} {self.fanout_refused}',
+            f"# HELP {p}fanout_dropped_total Live-stream updates not sent to the other instances"
+            " (broker away, or too many waiting).",
+            f"# TYPE {p}fanout_dropped_total counter",
+            f"{p}fanout_dropped_total {self.fanout_dropped}",
+            f"# HELP {p}fanout_ready 1 once the broker has delivered this instance's own fan-out probe back"
+            " (0: fan-out off, or the broker does not deliver the topic; see fanout.not_delivered).",
+            f"# TYPE {p}fanout_ready gauge",
+            f"{p}fanout_ready {int(self.fanout_ready)}",
         ]
         return "\n".join(lines) + "\n"

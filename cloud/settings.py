@@ -41,6 +41,11 @@ class CloudSettings(BaseModel):
         default=False, description="Subscribe to events/results as $share/<group>/...; needs broker support"
     )
     share_group: str = Field(default="steward-cloud", pattern=r"^[A-Za-z0-9_-]+$")
+    fanout: bool | None = Field(
+        default=None,
+        description="Carry the live stream (SSE, command long-polls) between cloud instances over the "
+        "broker (topic {prefix}/cloud/fanout); default: on with shared_subscription",
+    )
     client_id: str = Field(default="steward-cloud", min_length=1, max_length=64)
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8080, ge=0, le=65535)
@@ -90,6 +95,10 @@ class CloudSettings(BaseModel):
         if (self.broker_username is None) and (self.broker_password is not None):
             raise ValueError("broker_password given without broker_username")
         return self
+
+    @property
+    def fanout_enabled(self) -> bool:
+        return self.shared_subscription if self.fanout is None else self.fanout
 
     @property
     def is_postgres(self) -> bool:

@@ -8,6 +8,8 @@
 ``{prefix}/v1/{site}/{gateway}/down/credentials`` access credential deltas (cloud -> gateway, QoS 1)
 ``{prefix}/v1/{site}/{gateway}/up/sync``      the gateway's credential list version (gateway -> cloud)
 
+``{prefix}/cloud/fanout``                     the live stream between cloud instances (cloud only, QoS 0)
+
 Keeping "up" and "down" as separate subtrees lets a broker ACL say in two lines what a gateway
 may publish and what it may read.
 """
@@ -28,6 +30,11 @@ def check_segment(value: str, what: str) -> str:
     if not _SEGMENT.match(value):
         raise ValueError(f"{what} {value!r} must be 1-64 characters of letters, digits, '_', '.' or '-'")
     return value
+
+
+def cloud_fanout_topic(prefix: str) -> str:
+    """Outside ``{prefix}/v1/...``, where gateways' accounts publish: the cloud's account's alone."""
+    return f"{prefix}/cloud/fanout"
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,6 +8,7 @@ renders it as Mosquitto's password and ACL files. The rules, with ``p`` the topi
                            subscribe  p/v1/s/gw/down/#     (and receive only from there)
     cloud                  publish    p/v1/+/+/down/#
                            subscribe  p/v1/+/+/up/#        (also as $share/<group>/...)
+                           both       p/cloud/fanout       (the live stream between cloud instances)
     anyone else            nothing: no anonymous connections
 
 Client ids are bound to accounts too (:meth:`BrokerAccounts.client_id_allowed`), so one account cannot
@@ -50,7 +51,7 @@ from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin
 from amqtt.session import Session
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
-from protocol.topics import PROTOCOL_SEGMENT, check_segment
+from protocol.topics import PROTOCOL_SEGMENT, check_segment, cloud_fanout_topic
 
 __all__ = [
     "DEFAULT_CLOUD_USERNAME",
@@ -240,7 +241,9 @@ class BrokerAccounts(BaseModel):
         if user.role is Role.GATEWAY:
             mine = f"{base}/{user.site_id}/{user.gateway_id}"
             return Grants(publish=(f"{mine}/up/#",), subscribe=(f"{mine}/down/#",))
-        return Grants(publish=(f"{base}/+/+/down/#",), subscribe=(f"{base}/+/+/up/#",))
+        # The fan-out topic is the cloud's alone: a message there reaches operators' consoles.
+        fanout = cloud_fanout_topic(self.topic_prefix)
+        return Grants(publish=(f"{base}/+/+/down/#", fanout), subscribe=(f"{base}/+/+/up/#", fanout))
 
     def client_ids(self, user: BrokerUser) -> frozenset[str] | None:
         """The client ids a gateway account may connect with; None for the cloud (see

@@ -1,4 +1,5 @@
-"""Server-sent events: stored events and command/gateway changes as they happen.
+"""Server-sent events: stored events and command, gateway and work order changes as they happen, on
+whichever cloud instance they happened (see :mod:`cloud.fanout`).
 
 A caller sees only messages of their sites. Browsers' ``EventSource`` cannot set headers, so this route
 also takes the token as ``?access_token=``; the stream ends when that token expires or is revoked
@@ -30,7 +31,7 @@ async def stream(
     user: CurrentUser,
     services: ServicesDep,
     kinds: Annotated[
-        str, Query(description="Comma-separated: event, command, gateway")
+        str, Query(description="Comma-separated: event, command, gateway, work_order")
     ] = "event,command,gateway",
     device_id: str | None = None,
     access_token: Annotated[

@@ -19,7 +19,9 @@ def install(app: FastAPI) -> None:
 
 def setup(services: Services) -> None:
     settings = WorkOrderSettings.from_cloud(services.settings)
-    service = WorkOrderService(services.sessions, settings, instance=services.settings.client_id)
+    service = WorkOrderService(
+        services.sessions, settings, instance=services.settings.client_id, hub=services.hub
+    )
     services.extras[NAME] = service
     services.ingest.listeners.append(service.on_events)
 

@@ -1,7 +1,9 @@
 """The work order service: wires rules, intake, lifecycle, timers and the webhook to the database.
 
 Time comes from ``clock`` (injected: tests move it instead of sleeping). Each public method is one
-transaction; the timer loop runs :meth:`tick` every ``workorder_tick_s`` on every instance.
+transaction; the timer loop runs :meth:`tick` every ``workorder_tick_s`` on every instance. Every work
+order opened, changed or escalated goes to the live stream (``work_order``) after its commit, so an
+operator's console shows a fire alarm's work order the moment it exists instead of at its next refresh.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from cloud import db
 from cloud.errors import CloudError, NotFound
+from cloud.hub import Hub
 from cloud.workorders import intake, lifecycle, report, store
 from cloud.workorders.lifecycle import FollowUp, Status
 from cloud.workorders.rules import Priority, RulesError, RuleSet, event_fields, load_rules
@@ -76,6 +79,7 @@ class WorkOrderService:
         rules: RuleSet | None = None,
         plan: MaintenancePlan | None = None,
         clock: Clock = utcnow,
+        hub: Hub | None = None,
     ) -> None:
         if rules is None or plan is None:
             loaded_rules, loaded_plan = load_config(settings)
@@ -87,6 +91,7 @@ class WorkOrderService:
         self.plan = plan
         self.instance = instance
         self.clock = clock
+        self.hub = hub
         self.webhook = WebhookSender(settings, sessions, instance)
         self.ticker = Ticker(rules, plan, instance, self.webhook.enabled)
         self._index = rules.index()
@@ -129,6 +134,7 @@ class WorkOrderService:
                     event=event,
                     now=now,
                 )
+        await self._announce(wo.id for wo, _ in touched)
         for wo, created in touched:
             if created:
                 log.info(
@@ -154,6 +160,7 @@ class WorkOrderService:
             ok = True
         finally:
             self.ticker.committed(ok)
+        await self._announce([*(e[0] for e in result.escalations), *result.opened, *result.cleared])
         result.delivered = await self.webhook.deliver_due(now)
         return result
 
@@ -204,7 +211,7 @@ class WorkOrderService:
             )
             work_order_id = wo.id
         log.info("work_order.opened", work_order=work_order_id, source="manual", category=category)
-        return await self.detail(work_order_id)
+        return self._announced(await self.detail(work_order_id))
 
     async def transition(self, work_order_id: int, req: TransitionIn) -> WorkOrderDetail:
         now = self.clock()
@@ -230,7 +237,25 @@ class WorkOrderService:
                 follow_up=follow_up,
             )
         log.info("work_order.transition", work_order=work_order_id, to=req.to.value, actor=req.actor)
-        return await self.detail(work_order_id)
+        return self._announced(await self.detail(work_order_id))
+
+    # ---- the live stream ------------------------------------------------------------------------
+    def _announced(self, detail: WorkOrderDetail) -> WorkOrderDetail:
+        if self.hub is not None:
+            self.hub.publish("work_order", detail.model_dump(mode="json", include=_OUT_FIELDS))
+        return detail
+
+    async def _announce(self, ids: Iterable[int]) -> None:
+        """Committed changes to these work orders, as the API lists them, to the live stream."""
+        wanted = sorted(set(ids))
+        if not wanted or self.hub is None or not self.hub.has_subscribers:
+            return
+        now = self.clock()
+        async with self.sessions() as session:
+            rows = (await session.execute(select(WorkOrder).where(WorkOrder.id.in_(wanted)))).scalars()
+            for wo in rows:
+                out = WorkOrderOut.model_validate(self._out(wo, now)).model_dump(mode="json")
+                self.hub.publish("work_order", out)
 
     def _out(self, wo: WorkOrder, now: datetime) -> dict[str, object]:
         final = wo.status in store.FINAL
@@ -319,6 +344,9 @@ class WorkOrderService:
         async with self.sessions() as session:
             rows = list((await session.execute(query)).scalars())
         return report.build(rows, self.clock(), site, start, end)
+
+
+_OUT_FIELDS = set(WorkOrderOut.model_fields)
 
 
 def _encode(last_id: int) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import socket
 import tempfile
 from collections.abc import AsyncIterator
@@ -243,5 +244,45 @@ async def eventually(check: Any, timeout: float = 5, interval: float = 0.05) -> 
         await asyncio.sleep(interval)
 
 
+async def metric(http: httpx.AsyncClient, name: str) -> int:
+    """One sample of ``/metrics``; ``name`` with its labels as rendered, e.g. ``x_total{outcome="sent"}``."""
+    text = (await http.get("/metrics")).text
+    (line,) = [ln for ln in text.splitlines() if ln.startswith(name + " ")]
+    return int(float(line.split()[1]))
+
+
 def ago(seconds: float) -> datetime:
     return datetime.now(UTC) - timedelta(seconds=seconds)
+
+
+@dataclass
+class Stream:
+    """An open ``GET /api/v1/stream``: ``received`` is every (kind, data) read so far, in order."""
+
+    lines: AsyncIterator[str]
+    received: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+
+    async def until(self, done: Any, timeout: float = 5) -> list[tuple[str, dict[str, Any]]]:
+        """Read until ``done(received)`` is true; fail, showing what came, after ``timeout`` seconds."""
+        kind = ""
+        try:
+            async with asyncio.timeout(timeout):
+                while not done(self.received):
+                    line = await anext(self.lines)
+                    if line.startswith("event: "):
+                        kind = line.removeprefix("event: ")
+                    elif line.startswith("data: "):
+                        self.received.append((kind, json.loads(line.removeprefix("data: "))))
+        except TimeoutError:
+            raise AssertionError(f"stream: not there within {timeout} s; received {self.received}") from None
+        return self.received
+
+
+@contextlib.asynccontextmanager
+async def streaming(http: httpx.AsyncClient, **params: str) -> AsyncIterator[Stream]:
+    """The live stream (SSE) as ``http``'s user sees it, connected before the block starts."""
+    async with http.stream("GET", "/api/v1/stream", params=params) as resp:
+        assert resp.status_code == 200, await resp.aread()
+        lines = resp.aiter_lines()
+        assert await asyncio.wait_for(anext(lines), 5) == ": connected"
+        yield Stream(lines)

@@ -26,6 +26,7 @@ from tests.cloud.support import (
     free_port,
     make_batch,
     make_event,
+    metric,
     reachable,
     running_cloud,
 )
@@ -34,12 +35,6 @@ pytestmark = [requires_pg, requires_mosquitto]
 ROOT = Path(__file__).resolve().parents[2]
 STEWARD = [sys.executable, "-c", "from steward.cli import app; app()"]
 BATCHES, PER_BATCH = 60, 5
-
-
-async def _metric(http: httpx.AsyncClient, name: str) -> int:
-    text = (await http.get("/metrics")).text
-    (line,) = [ln for ln in text.splitlines() if ln.startswith(name + " ")]
-    return int(float(line.split()[1]))
 
 
 @contextlib.contextmanager
@@ -136,8 +131,8 @@ async def test_two_instances_one_killed_nothing_lost_or_duplicated() -> None:
                 # Both instances take a share of the first third.
                 first = batches[:20]
                 await _send_and_collect_acks(gw, first, {x.batch_id: x for x in first})
-                served_a = await _metric(http_a, "steward_cloud_batches_total")
-                served_b = await _metric(cloud_b.http, "steward_cloud_batches_total")
+                served_a = await metric(http_a, "steward_cloud_batches_total")
+                served_b = await metric(cloud_b.http, "steward_cloud_batches_total")
                 assert served_a > 0, "instance A took no share of the load"
                 assert served_b > 0, "instance B took no share of the load"
 
@@ -167,11 +162,11 @@ async def test_two_instances_one_killed_nothing_lost_or_duplicated() -> None:
 
                 # The survivor takes over: the rest of the second third (resent where unacknowledged)
                 # and everything after it.
-                before = await _metric(cloud_b.http, "steward_cloud_batches_total")
+                before = await metric(cloud_b.http, "steward_cloud_batches_total")
                 await _send_and_collect_acks(gw, [], pending)
                 third = batches[40:]
                 await _send_and_collect_acks(gw, third, {x.batch_id: x for x in third})
-                assert await _metric(cloud_b.http, "steward_cloud_batches_total") >= before + len(third)
+                assert await metric(cloud_b.http, "steward_cloud_batches_total") >= before + len(third)
 
                 page = (await cloud_b.http.get("/api/v1/events", params={"limit": 1000})).json()
                 assert {e["id"] for e in page["items"]} == expected

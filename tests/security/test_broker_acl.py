@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from protocol.topics import Topics
+from protocol.topics import Topics, cloud_fanout_topic
 from steward.broker import EmbeddedBroker
 from steward.broker_auth import (
     GATEWAY_CLIENT_ID_PREFIXES,
@@ -46,6 +46,7 @@ OTHER_SITE = Topics(PREFIX, "elm-court", "gw-a")  # same gateway id, another est
 USER_A, USER_B = gateway_username(SITE, "gw-a"), gateway_username(SITE, "gw-b")
 USER_ELM = gateway_username("elm-court", "gw-a")
 CLOUD = "steward-cloud"
+FANOUT = cloud_fanout_topic(PREFIX)
 # What the edge connects as (edge/gateway.py). gw-a exists at two sites, so its short id names neither
 # and both gw-a gateways must use their usernames as client ids.
 B_UPLINK_ID = "steward-gw-gw-b"
@@ -139,6 +140,10 @@ def test_grants_by_role() -> None:
     assert not allows(CLOUD, Access.SUBSCRIBE, "$SYS/#")
     assert allows(CLOUD, Access.PUBLISH, B.commands)
     assert not allows(CLOUD, Access.PUBLISH, B.events)  # the cloud cannot forge gateway events
+    assert allows(CLOUD, Access.PUBLISH, FANOUT) and allows(CLOUD, Access.SUBSCRIBE, FANOUT)
+    assert not allows(USER_A, Access.PUBLISH, FANOUT)  # it reaches operators' consoles
+    assert not allows(USER_A, Access.SUBSCRIBE, FANOUT)
+    assert not allows(USER_A, Access.RECEIVE, FANOUT)
     assert not allows(None, Access.SUBSCRIBE, "#")
     assert not allows("nobody", Access.PUBLISH, A.events)
 
@@ -231,6 +236,28 @@ async def test_gateway_cannot_publish_outside_its_subtree(broker: AclBroker, for
         await late.publish(B.acks, b"sentinel")
         assert [m.payload for m in await until_topic(late, A.sync)] == [b"sentinel"]
         assert [m.payload for m in await until_topic(late_b, B.acks)] == [b"sentinel"]
+
+
+async def test_only_the_cloud_may_use_the_fanout_topic(broker: AclBroker) -> None:
+    """Cloud instances tell each other's consoles about events and commands there: a gateway that could
+    publish on it would forge them, one that could read it would see every estate's."""
+    async with (
+        broker.client(CLOUD, client_id="cloud-a") as cloud_a,
+        broker.client(CLOUD, client_id="cloud-b") as cloud_b,
+        broker.client(USER_A, client_id=USER_A) as gw,
+    ):
+        await cloud_b.subscribe(FANOUT, qos=0)
+        await gw.subscribe(f"{A.base}/down/#")
+        if broker.kind == "amqtt":
+            with pytest.raises(MqttError, match="subscription refused"):
+                await gw.subscribe(FANOUT)
+        else:
+            await gw.subscribe(FANOUT)  # granted by Mosquitto 2.0, never delivered (see the module doc)
+        await gw.publish(FANOUT, b"forged", qos=1)
+        await cloud_a.publish(FANOUT, b"sentinel", qos=1)
+        assert [m.payload for m in await until_topic(cloud_b, FANOUT)] == [b"sentinel"]
+        await cloud_a.publish(A.commands, b"sentinel")
+        assert [m.payload for m in await until_topic(gw, A.commands)] == [b"sentinel"]
 
 
 REFUSED_FILTERS = [

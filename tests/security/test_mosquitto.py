@@ -69,7 +69,9 @@ def test_acl_file_text() -> None:
     assert lines == [
         "user steward-cloud",
         "topic read steward/v1/+/+/up/#",
+        "topic read steward/cloud/fanout",
         "topic write steward/v1/+/+/down/#",
+        "topic write steward/cloud/fanout",
         "user gw-1@oak-garden",
         "topic read steward/v1/oak-garden/gw-1/down/#",
         "topic write steward/v1/oak-garden/gw-1/up/#",
