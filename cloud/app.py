@@ -24,6 +24,7 @@ from cloud.features import load_features
 from cloud.hub import Hub
 from cloud.ingest import Ingest
 from cloud.metrics import Metrics
+from cloud.retention import Retention
 from cloud.settings import CloudSettings
 from steward.mqtt import MqttClient
 
@@ -61,6 +62,7 @@ def create_app(settings: CloudSettings) -> FastAPI:
                     loops = [
                         tg.create_task(ingest.run(), name="cloud-ingest"),
                         tg.create_task(commands.run_sweeper(), name="cloud-sweeper"),
+                        tg.create_task(Retention(settings, sessions, metrics).run(), name="cloud-retention"),
                     ]
                     if settings.fanout_enabled:
                         fanout = Fanout(settings, hub, metrics)

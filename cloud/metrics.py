@@ -26,6 +26,7 @@ class Metrics:
     fanout_received: int = 0  # such messages from other instances
     fanout_dropped: int = 0  # live-stream messages not sent: the broker was away, or too many waited
     fanout_refused: int = 0  # malformed messages on the fan-out topic
+    pruned: Counter[str] = field(default_factory=Counter)  # rows deleted by retention, by table
     fanout_ready: bool = False  # subscribed, and our own probe came back through the broker
 
     def observe_ack(self, seconds: float) -> None:
@@ -78,6 +79,12 @@ class Metrics:
             " (distinct device and claiming site, seen by this process; see registry.device_id_taken).",
             f"# TYPE {p}device_id_clashes gauge",
             f"{p}device_id_clashes {device_id_clashes}",
+            f"# HELP {p}retention_deleted_total Rows deleted by retention, by table.",
+            f"# TYPE {p}retention_deleted_total counter",
+            *(
+                f'{p}retention_deleted_total{{table="{t}"}} {self.pruned[t]}'
+                for t in ("events", "readings", "rejected_events")
+            ),
             f"# HELP {p}fanout_messages_total Live-stream messages between cloud instances, by outcome.",
             f"# TYPE {p}fanout_messages_total counter",
             f'{p}fanout_messages_total{{outcome="sent"}} {self.fanout_sent}',

@@ -60,6 +60,17 @@ class CloudSettings(BaseModel):
     sweep_interval_s: float = Field(default=1.0, gt=0, le=60)
     max_payload_bytes: int = Field(default=MAX_MESSAGE_BYTES, ge=1024)
     run_migrations: bool = Field(default=True, description="alembic upgrade head at start-up")
+    # -- retention (cloud/retention.py); 0 keeps that kind for ever --
+    retention_events_days: float = Field(
+        default=365, ge=0, description="Delete events stored longer ago than this (0: keep for ever)"
+    )
+    retention_readings_days: float = Field(
+        default=365, ge=0, description="Delete readings older than this (0: keep for ever)"
+    )
+    retention_rejected_days: float = Field(
+        default=90, ge=0, description="Delete rejected events received longer ago (0: keep for ever)"
+    )
+    retention_interval_s: float = Field(default=3600, gt=0, description="How often retention runs")
     # -- accounts, tokens, command signing, gateway registration (cloud/auth) --
     command_signing_key_file: Path | None = Field(
         default=None,

@@ -58,6 +58,11 @@ def new_id() -> str:
     )
 
 
+def id_floor(ms: int) -> str:
+    """The smallest ULID of Unix millisecond ``ms``: every id created before it sorts below."""
+    return _time_prefix(ms) + "0" * 16
+
+
 def id_timestamp_ms(ulid: str) -> int:
     """The creation time (Unix ms) inside a ULID; ValueError if it is not one."""
     if len(ulid) != 26 or not set(ulid) <= _CROCKFORD_CHARS:

@@ -3,47 +3,21 @@ forward-only command status."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from structlog.testing import capture_logs
 
 import cloud.store
 from cloud import CloudSettings
 from cloud.command_store import apply_result, expire_due, mark_gateway_seen
-from cloud.db import make_engine, make_sessions, upgrade
 from cloud.store import apply_status, ingest_batch, mark_silent_gateways
 from cloud.tables import CommandAudit, CommandRow, Device, EventRow, Gateway, Reading
-from protocol import CommandResult, CommandStatus, GatewayStatus, new_id
+from protocol import CommandResult, CommandStatus, GatewayStatus
 from protocol.models import DeviceInfo
-from tests.cloud.conftest import PG_URL, pg_available
 from tests.cloud.support import DEVICES, GATEWAY, SITE, make_batch, make_event
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def sessions(
-    request: pytest.FixtureRequest, tmp_path: Path
-) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
-    if request.param == "postgresql":
-        if not pg_available():
-            pytest.skip("PostgreSQL not reachable on 127.0.0.1:5432")
-        schema = f"t_{new_id().lower()}"
-        settings = CloudSettings(database_url=PG_URL, database_schema=schema)
-    else:
-        settings = CloudSettings(database_url=f"sqlite+aiosqlite:///{tmp_path / 'store.db'}")
-    engine = make_engine(settings)
-    try:
-        await upgrade(engine, settings)
-        yield make_sessions(engine)
-    finally:
-        if settings.database_schema:
-            async with engine.begin() as conn:
-                await conn.execute(text(f'DROP SCHEMA "{settings.database_schema}" CASCADE'))
-        await engine.dispose()
 
 
 async def test_batch_twice_stores_once_and_updates_state(sessions: async_sessionmaker[AsyncSession]) -> None:
