@@ -12,6 +12,12 @@ instances publish to its own hub, which delivers them to its streams and long-po
 on again. QoS 0: this is a live view, not a record. A message lost while the broker is away costs a
 console a refresh; the store has everything (consoles reload their lists, long-polls re-read it).
 
+Events are most of the traffic, and building and sending them cost ingest some 15 µs each: an instance
+sends them only while another says a stream is open there. Each message carries its sender's count of
+open streams (``listeners``); an instance with streams open repeats it every ``PRESENCE_EVERY_S``, says
+at once when the first opens and the last closes, and is believed for ``PRESENCE_TTL_S``. Command,
+gateway and work-order updates always go (long-polls wait on commands elsewhere; they are few).
+
 Only the cloud's broker account may publish or subscribe there (``steward.broker_auth``); a gateway's
 account cannot reach the topic, so it cannot forge a command update or an event on another estate's
 console. A broker whose ACL predates this topic may refuse the subscription (amqtt) or grant it and
@@ -23,6 +29,8 @@ broker-config``), and the check is repeated until it passes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
 from collections import deque
 from typing import Any, Literal
 
@@ -45,6 +53,8 @@ MAX_PENDING = 10_000
 CHUNK_BYTES = 256 * 1024
 PROBE_TIMEOUT_S = 5.0  # our own probe must come back within this
 RETRY_S = 30.0  # then the subscription and probe are tried again
+PRESENCE_EVERY_S = 5.0  # while streams are open here, the others are told this often
+PRESENCE_TTL_S = 3 * PRESENCE_EVERY_S  # an instance that said so is believed this long
 
 
 class FanoutMessage(BaseModel):
@@ -66,6 +76,7 @@ class FanoutBatch(BaseModel):
     model_config = ConfigDict(extra="forbid")
     v: Literal[1] = FANOUT_VERSION
     instance: str = Field(min_length=1, max_length=64)
+    listeners: int = Field(default=0, ge=0, description="streams open on that instance when it sent this")
     messages: list[FanoutMessage]
 
 
@@ -88,12 +99,15 @@ class Fanout:
         )
         self._pending: deque[bytes] = deque()
         self._wake = asyncio.Event()
-        self._head = pydantic_core.to_json({"v": FANOUT_VERSION, "instance": self.instance})[:-1]
         self._echo = asyncio.Event()  # set when one of our own messages comes back from the broker
+        # Instances that said streams are open there -> until when (monotonic) that is believed.
+        self._peers: dict[str, float] = {}
         self.log = log.bind(instance=self.instance, topic=self.topic)
 
     def forward(self, kind: str, data: dict[str, Any]) -> None:
         """The hub's hook: called for each message it publishes that did not come from another instance."""
+        if kind == "event" and not self.peers_listening():
+            return
         if len(self._pending) >= MAX_PENDING:
             self._pending.popleft()
             self.metrics.fanout_dropped += 1
@@ -101,16 +115,22 @@ class Fanout:
         self._pending.append(pydantic_core.to_json({"kind": kind, "data": data}))
         self._wake.set()
 
+    def peers_listening(self) -> int:
+        """How many other instances have a stream open, as they last said."""
+        now = time.monotonic()
+        return sum(1 for until in self._peers.values() if until > now)
+
     async def run(self) -> None:
         self.mqtt.start()
-        self.hub.forward = self.forward
+        self.hub.forward, self.hub.remote_listening = self.forward, lambda: self.peers_listening() > 0
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._send(), name="cloud-fanout-send")
                 tg.create_task(self._subscribe(), name="cloud-fanout-subscribe")
+                tg.create_task(self._presence(), name="cloud-fanout-presence")
                 await self._receive()
         finally:
-            self.hub.forward = None
+            self.hub.forward = self.hub.remote_listening = None
             self.metrics.fanout_ready = False
             await self.mqtt.disconnect()
 
@@ -122,7 +142,7 @@ class Fanout:
                 # Remembered by the client and renewed after every reconnect from now on.
                 await self.mqtt.subscribe(self.topic, qos=0)
                 self._echo.clear()
-                await self.mqtt.publish(self.topic, self._head + b',"messages":[]}', qos=0)
+                await self.mqtt.publish(self.topic, self._batch([]), qos=0)
                 async with asyncio.timeout(PROBE_TIMEOUT_S):
                     await self._echo.wait()
             except (MqttError, TimeoutError) as exc:
@@ -138,6 +158,26 @@ class Fanout:
             self.metrics.fanout_ready = True
             self.log.info("fanout.ready")
             return
+
+    async def _presence(self) -> None:
+        """Tell the others whether streams are open here: they send their events only while some are."""
+        was_listening = False
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(PRESENCE_EVERY_S):
+                    await self.hub.subscribers_changed.wait()
+            self.hub.subscribers_changed.clear()
+            listening = self.hub.subscriber_count > 0
+            # While streams are open, every PRESENCE_EVERY_S and at each change; then one last "none".
+            if (listening or was_listening) and self.mqtt.is_connected:
+                with contextlib.suppress(MqttError):
+                    await self.mqtt.publish(self.topic, self._batch([]), qos=0)
+            was_listening = listening
+            self.metrics.fanout_peers_listening = self.peers_listening()
+
+    def _batch(self, messages: list[bytes]) -> bytes:
+        head = {"v": FANOUT_VERSION, "instance": self.instance, "listeners": self.hub.subscriber_count}
+        return pydantic_core.to_json(head)[:-1] + b',"messages":[' + b",".join(messages) + b"]}"
 
     async def _send(self) -> None:
         while True:
@@ -159,12 +199,12 @@ class Fanout:
 
     def _take_chunk(self) -> bytes:
         parts: list[bytes] = []
-        size = len(self._head)
+        size = 0
         while self._pending and (not parts or size + len(self._pending[0]) < CHUNK_BYTES):
             part = self._pending.popleft()
             parts.append(part)
             size += len(part) + 1
-        return self._head + b',"messages":[' + b",".join(parts) + b"]}"
+        return self._batch(parts)
 
     async def _receive(self) -> None:
         async for message in self.mqtt.messages():
@@ -184,6 +224,13 @@ class Fanout:
                 continue
             if batch.instance == self.instance:
                 self._echo.set()  # our own, back from the broker
+                continue
+            if batch.listeners:
+                self._peers[batch.instance] = time.monotonic() + PRESENCE_TTL_S
+            else:
+                self._peers.pop(batch.instance, None)
+            self.metrics.fanout_peers_listening = self.peers_listening()
+            if not batch.messages:
                 continue
             self.metrics.fanout_received += 1
             for item in batch.messages:

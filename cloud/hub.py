@@ -41,8 +41,11 @@ class Hub:
         self._subscribers: set[Subscriber] = set()
         self._command_waiters: dict[str, set[CommandWatch]] = {}
         self._latest: OrderedDict[str, Any] = OrderedDict()
-        # Set while the other cloud instances are to hear of what is published here (cloud.fanout).
+        # Set while the other cloud instances are to hear of what is published here (cloud.fanout), and
+        # whether a stream there would read it.
         self.forward: Callable[[str, dict[str, Any]], None] | None = None
+        self.remote_listening: Callable[[], bool] | None = None
+        self.subscribers_changed = asyncio.Event()
 
     def publish(self, kind: str, data: dict[str, Any], *, row: Any = None, forwarded: bool = False) -> None:
         """``row``: for a command, its committed row, handed to long-polls so they need not read it
@@ -75,17 +78,24 @@ class Hub:
 
     @property
     def has_subscribers(self) -> bool:
-        """Whether anyone may read what is published: a stream here, or (forwarding) on another instance."""
-        return bool(self._subscribers) or self.forward is not None
+        """Whether anyone may read what is published: a stream here, or one on another instance."""
+        return bool(self._subscribers) or (self.remote_listening is not None and self.remote_listening())
+
+    @property
+    def subscriber_count(self) -> int:
+        """Streams on this instance."""
+        return len(self._subscribers)
 
     @contextlib.asynccontextmanager
     async def subscribe(self) -> AsyncIterator[Subscriber]:
         sub = Subscriber(asyncio.Queue(maxsize=self.queue_size))
         self._subscribers.add(sub)
+        self.subscribers_changed.set()
         try:
             yield sub
         finally:
             self._subscribers.discard(sub)
+            self.subscribers_changed.set()
 
     @contextlib.contextmanager
     def watch(self, command_id: str) -> Iterator[CommandWatch]:

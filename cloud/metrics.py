@@ -27,6 +27,7 @@ class Metrics:
     fanout_dropped: int = 0  # live-stream messages not sent: the broker was away, or too many waited
     fanout_refused: int = 0  # malformed messages on the fan-out topic
     pruned: Counter[str] = field(default_factory=Counter)  # rows deleted by retention, by table
+    fanout_peers_listening: int = 0  # other instances with a stream open, as they last said
     fanout_ready: bool = False  # subscribed, and our own probe came back through the broker
 
     def observe_ack(self, seconds: float) -> None:
@@ -98,5 +99,9 @@ class Metrics:
             " (0: fan-out off, or the broker does not deliver the topic; see fanout.not_delivered).",
             f"# TYPE {p}fanout_ready gauge",
             f"{p}fanout_ready {int(self.fanout_ready)}",
+            f"# HELP {p}fanout_peers_listening Other cloud instances with a live stream open (they get this"
+            " instance's events).",
+            f"# TYPE {p}fanout_peers_listening gauge",
+            f"{p}fanout_peers_listening {self.fanout_peers_listening}",
         ]
         return "\n".join(lines) + "\n"

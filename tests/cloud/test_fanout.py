@@ -35,6 +35,10 @@ async def _fanout_ready(http: httpx.AsyncClient) -> bool:
     return await metric(http, "steward_cloud_fanout_ready") == 1
 
 
+async def _peers_listening(http: httpx.AsyncClient, expected: int) -> bool:
+    return await metric(http, "steward_cloud_fanout_peers_listening") == expected
+
+
 async def _has_device(http: httpx.AsyncClient, device_id: str) -> bool:
     return (await http.get(f"/api/v1/devices/{device_id}")).status_code == 200
 
@@ -64,6 +68,8 @@ async def test_a_console_on_one_instance_sees_what_another_ingested_and_issued()
             await gw.send_status(online=True)
             await eventually(lambda: _has_device(cloud_b.http, "gate-1"))
             async with streaming(cloud_b.http, kinds="event,command") as stream:
+                # A sends its events once B has said that a stream is open there.
+                await eventually(lambda: _peers_listening(cloud_a.http, 1))
                 batches = [
                     make_batch([make_event("meter-1", "meter.reading", seq, {"kwh": seq})])
                     for seq in range(1, 13)
@@ -98,8 +104,9 @@ async def test_messages_on_the_fanout_topic_are_checked_and_ones_own_not_shown_t
     settings = cloud_settings(broker_port, sqlite_url, fanout=True)
     topic = cloud_fanout_topic(settings.topic_prefix)
 
-    def batch(instance: str, *messages: dict[str, Any]) -> bytes:
-        return json.dumps({"v": 1, "instance": instance, "messages": list(messages)}).encode()
+    def batch(instance: str, *messages: dict[str, Any], listeners: int = 0) -> bytes:
+        body = {"v": 1, "instance": instance, "listeners": listeners, "messages": list(messages)}
+        return json.dumps(body).encode()
 
     def event(event_id: str) -> dict[str, Any]:
         return {"kind": "event", "data": {"id": event_id, "site_id": "estate-a", "type": "gate.opened"}}
@@ -126,8 +133,17 @@ async def test_messages_on_the_fanout_topic_are_checked_and_ones_own_not_shown_t
             assert await metric(cloud.http, 'steward_cloud_fanout_messages_total{outcome="refused"}') == 3
             assert await metric(cloud.http, 'steward_cloud_fanout_messages_total{outcome="received"}') == 1
 
-            # And the other way: a stored batch's events leave together, in one message.
-            stored = make_batch([make_event("gate-1", "gate.opened", seq) for seq in (1, 2, 3)])
+            # The other way. Events go only to instances that have said a stream is open there: this
+            # one is stored while "other" has said nothing, so it never leaves.
+            unseen = make_batch([make_event("gate-1", "gate.closed", 1)])
+            await gw.send_batch(unseen)
+            await stream.until(lambda got: unseen.events[0].id in _ids(got, "event"))
+            presence = batch("cloud-other", listeners=1)
+            published += (presence,)
+            await other.publish(topic, presence, qos=0)
+            await eventually(lambda: _peers_listening(cloud.http, 1))
+            # A stored batch's events leave together, in one message.
+            stored = make_batch([make_event("gate-1", "gate.opened", seq) for seq in (2, 3, 4)])
             await gw.send_batch(stored)
             ours: list[FanoutBatch] = []
             async with asyncio.timeout(5):
@@ -143,7 +159,7 @@ async def test_messages_on_the_fanout_topic_are_checked_and_ones_own_not_shown_t
                 ("event", e.id) for e in stored.events
             ]
             # This instance's own stream had them once, from its hub, not again from the broker.
-            got = await stream.until(lambda got: len(_ids(got, "event")) >= 4)
-            await gw.send_batch(make_batch([make_event("gate-1", "gate.closed", 4)]))
-            got = await stream.until(lambda got: len(_ids(got, "event")) >= 5)
-            assert _ids(got, "event")[1:] == [*(e.id for e in stored.events), got[-1][1]["id"]]
+            last = make_batch([make_event("gate-1", "gate.closed", 5)])
+            await gw.send_batch(last)
+            got = await stream.until(lambda got: last.events[0].id in _ids(got, "event"))
+            assert _ids(got, "event")[1:] == [e.id for b in (unseen, stored, last) for e in b.events]
