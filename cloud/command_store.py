@@ -18,22 +18,29 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Connection, bindparam, literal_column, select, update
+from sqlalchemy import ColumnClause, Connection, Table, bindparam, literal_column, select, update
 
 from cloud.db import Statement
-from cloud.tables import CommandAudit, CommandRow, Device, Gateway
+from cloud.tables import Base, CommandAudit, CommandRow, Device, Gateway
 from protocol.models import CommandResult, CommandStatus
 
 _RANK = {CommandStatus.PENDING: 0, CommandStatus.SENT: 1, CommandStatus.ACCEPTED: 2}
 NON_FINAL = [s.value for s in CommandStatus if not s.final]
 
-_COMMANDS = CommandRow.__table__
+
+def _table(mapped: type[Base]) -> Table:
+    """``mapped.__table__``, which SQLAlchemy types as any FromClause (a class may be mapped to a join
+    or a select); ours are each mapped to a table."""
+    return cast(Table, mapped.__table__)
+
+
+_COMMANDS = _table(CommandRow)
 _C = _COMMANDS.c
 _INSERT_COMMAND = Statement(_COMMANDS.insert())
 _AUDIT_COLUMNS = ["command_id", "operator", "device_id", "action", "status", "reason", "at"]
-_INSERT_AUDIT = Statement(CommandAudit.__table__.insert(), _AUDIT_COLUMNS)
+_INSERT_AUDIT = Statement(_table(CommandAudit).insert(), _AUDIT_COLUMNS)
 _GET_COMMAND = Statement(select(*_C).where(_C.id == bindparam("b_id")))
 _GATEWAY = Gateway.__table__.c
 _GET_DEVICE = Statement(
@@ -49,7 +56,7 @@ _GET_DEVICE = Statement(
     .where(Device.id == bindparam("b_id"))
 )
 _MARK_SEEN = Statement(
-    update(Gateway.__table__)
+    update(_table(Gateway))
     .where(
         _GATEWAY.id == bindparam("b_id"),
         _GATEWAY.online.is_(False)
@@ -96,7 +103,7 @@ def _advance(status: CommandStatus, *, reason: bool, state: bool, gateway: bool)
         values["result_reason"] = bindparam("b_reason")
     if state:
         values["result_state"] = bindparam("b_state", type_=_C.result_state.type)
-    below = [literal_column(f"'{s}'") for s in _below(status)]
+    below: list[ColumnClause[str]] = [literal_column(f"'{s}'") for s in _below(status)]
     where = [_C.id == bindparam("b_id"), _C.status.in_(below)]
     if gateway:
         where.append(_C.gateway_id == bindparam("b_gateway"))

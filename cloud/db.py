@@ -37,7 +37,7 @@ import threading
 import weakref
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar, TypeVarTuple
 
 import structlog
 from alembic import command
@@ -68,6 +68,7 @@ CHECKPOINT_INTERVAL_S = 0.25
 WAL_LIMIT_BYTES = 64 * 1024 * 1024
 T = TypeVar("T")
 P = ParamSpec("P")
+Ts = TypeVarTuple("Ts")
 
 
 class ReadOnlySessionError(InvalidRequestError):
@@ -423,7 +424,7 @@ class ThreadWriter:
         self._threads = threads
         self._last: concurrent.futures.Future[Any] | None = None
 
-    def submit(self, fn: Callable[Concatenate[Connection, P], T], *args: P.args) -> asyncio.Future[T]:
+    def submit(self, fn: Callable[[Connection, *Ts], T], *args: *Ts) -> asyncio.Future[T]:
         """``fn(conn, *args)`` in a write transaction of its own on the writer thread; its result."""
         job = self._threads._submit_write(self._threads._write, self._threads.engine, fn, args)
         self._last = job

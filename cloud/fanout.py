@@ -32,7 +32,7 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import pydantic_core
 import structlog
@@ -46,7 +46,7 @@ from steward.mqtt import MqttClient, MqttError
 
 log = structlog.get_logger("steward.cloud.fanout")
 
-FANOUT_VERSION = 1
+FANOUT_VERSION: Final = 1
 # Messages waiting to leave while the broker is away (then the oldest go): a live view needs no more.
 MAX_PENDING = 10_000
 # One MQTT message carries at most about this much; a large burst leaves as several.

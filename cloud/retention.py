@@ -27,10 +27,10 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import structlog
-from sqlalchemy import Connection, bindparam, delete, select
+from sqlalchemy import Connection, Table, bindparam, delete, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -46,7 +46,8 @@ T = TypeVar("T")
 
 CHUNK_ROWS = 2000
 
-_events, _readings, _rejected = EventRow.__table__, Reading.__table__, RejectedEvent.__table__
+# SQLAlchemy types a mapped class's __table__ as a FromClause; these are Tables.
+_events, _readings, _rejected = (cast(Table, t.__table__) for t in (EventRow, Reading, RejectedEvent))
 
 _OLD_EVENTS = (
     select(_events.c.id)

@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from itertools import chain
 from operator import attrgetter
-from typing import Any
+from typing import Any, cast
 
 import structlog
 from pydantic_core import to_json
@@ -207,10 +207,18 @@ def submit_group(
     return SubmittedGroup(work, now, job)
 
 
-def _store_group_on(conn: Connection, *args: Any) -> list[list[str] | None]:
+def _store_group_on(
+    conn: Connection,
+    touches: list[tuple[str, str, float, int]],
+    batches: list[tuple[EventBatch, PreparedBatch]],
+    stamp: str,
+) -> list[list[str] | None]:
     """:func:`_store_group_sqlite` in ``conn``'s transaction (a synchronous SQLite connection)."""
+    # The writer thread's engine is pysqlite's: its DBAPI connection is the sqlite3 one, and is there
+    # while the transaction is open (SQLAlchemy types it as any driver's, or None once closed).
+    dbapi = cast(sqlite3.Connection, conn.connection.dbapi_connection)
     try:
-        return _store_group_sqlite(conn.connection.dbapi_connection, *args)
+        return _store_group_sqlite(dbapi, touches, batches, stamp)
     except _StatementError as exc:
         raise exc.as_dbapi_error() from exc.error
 
@@ -521,7 +529,11 @@ class _StatementError(Exception):
 
     def as_dbapi_error(self) -> DBAPIError:
         """As SQLAlchemy raises driver errors: ingest counts those as store errors and does not ack."""
-        return DBAPIError.instance(self.sql, None, self.error, sqlite3.Error, hide_parameters=True)
+        # A sqlite3.Error is an instance of the DBAPI's base error given, so this is a DBAPIError (the
+        # subclass for it, OperationalError and so on); the overload for an Exception says StatementError.
+        return cast(
+            DBAPIError, DBAPIError.instance(self.sql, None, self.error, sqlite3.Error, hide_parameters=True)
+        )
 
 
 class _Statements:

@@ -19,7 +19,8 @@ import structlog
 
 from drivers.base import Driver, DriverError, Reading
 
-Record = Callable[[Driver, Reading], Awaitable[None]]
+# What recording returns (the gateway's: the stored Event) is no business of the supervisor's.
+Record = Callable[[Driver, Reading], Awaitable[object]]
 
 
 @dataclass(slots=True)

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal, cast
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, GetCoreSchemaHandler, WithJsonSchema
 from pydantic_core import CoreSchema, core_schema
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION: Final = 1  # Final, so typed Literal[1]: the default of every message's ``v: Literal[1]``
 
 # Hard limits a receiver enforces before trusting anything else in a message.
 MAX_BATCH_EVENTS = 5000
@@ -37,7 +37,9 @@ class _NativeCheck:
 
     def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
         inner = handler(source)
-        inner.update(self.constraints)  # type: ignore[typeddict-item]
+        # pydantic-core shows mypy its schemas as a read-only Mapping (the TypedDict union is too slow for
+        # it); at runtime this is the dict the handler built, and the constraints go into it.
+        cast("dict[str, Any]", inner).update(self.constraints)
         return core_schema.custom_error_schema(
             inner, custom_error_type=self.error_type, custom_error_message=self.message
         )

@@ -240,7 +240,7 @@ class ModbusSimServer:
         server, self._server = self._server, None
         if server is None:
             return
-        await server.shutdown()
+        await server.shutdown()  # type: ignore[no-untyped-call]  # pymodbus leaves shutdown() unannotated
         # Let the transports' close callbacks run so no socket outlives the test.
         await asyncio.sleep(0)
 

@@ -34,8 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from steward.broker import free_port
 from steward.broker_auth import BrokerAccounts, Role
+from steward.net import free_port
 
 __all__ = [
     "BrokerConfigFiles",

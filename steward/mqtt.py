@@ -36,6 +36,7 @@ from typing import Any
 import paho.mqtt.client as paho
 import structlog
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.reasoncodes import ReasonCode
 
 log = structlog.get_logger("steward.mqtt")
 
@@ -161,7 +162,7 @@ class MqttClient:
         self._connected = asyncio.Event()
         self._disconnected = asyncio.Event()
         self._disconnected.set()
-        self._connect_rc: paho.ReasonCode | None = None
+        self._connect_rc: ReasonCode | None = None
         self.dropped = 0
         self.reconnects = 0
         self._closing = False

@@ -7,9 +7,10 @@ checks what the cloud saw. The summary lists every check; the exit code is 0 onl
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,7 +59,8 @@ async def play(
     *,
     http_port: int,
     say: Say,
-    cut_uplink: Callable[[float], Awaitable[None]] | None = None,
+    # A coroutine function, not any awaitable: play runs it as a task.
+    cut_uplink: Callable[[float], Coroutine[Any, Any, None]] | None = None,
     credentials: tuple[str, str] | None = None,
 ) -> int:
     out = Outcome()
@@ -166,10 +168,10 @@ async def play(
             if rule is not None:
                 await _until(lambda: cloud_has("fire.linkage_activated", panel), 10)
                 for door_id in rule.doors:
-                    held = await _until(lambda d=door_id: _async(_door_released(sims[d])), 5)
+                    held = await _until(functools.partial(_door_released, sims[door_id]), 5)
                     out.check(f"fire linkage released door {door_id} for evacuation", held)
                 for gate_id in rule.gates:
-                    raised = await _until(lambda g=gate_id: _async(sims[g].state()["state"] == "open"), 10)
+                    raised = await _until(functools.partial(_gate_raised, sims[gate_id]), 10)
                     out.check(f"fire linkage raised gate {gate_id} for fire engines", raised)
                 if rule.gates:
                     say("08:52  An operator tries to close a gate during the alarm; the gateway refuses.")
@@ -207,13 +209,13 @@ async def play(
     return 0 if out.passed else 1
 
 
-async def _async(value: bool) -> bool:
-    return value
-
-
-def _door_released(sim: Any) -> bool:
+async def _door_released(sim: Any) -> bool:
     state = sim.state()
     return bool(state.get("lock") == "unlocked" or state.get("released"))
+
+
+async def _gate_raised(sim: Any) -> bool:
+    return bool(sim.state()["state"] == "open")
 
 
 async def _drained(gateway: Any) -> bool:

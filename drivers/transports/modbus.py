@@ -437,12 +437,14 @@ class ModbusBus:
         # Pollers pass the same spans every time; planning the reads once per span set is cheaper.
         key = tuple(s if isinstance(s, int) else (s[0], s[1]) for s in spans)  # hashable, lists too
         blocks = _coalesce_cached(key, MAX_READ_BITS if bits else MAX_READ_REGISTERS, max_gap)
-        reader: Callable[[int, int, int, str], Awaitable[Sequence[int | bool]]] = {
+        # Declared, so each reader is checked against it: inferred, list[int] and list[bool] join to object.
+        readers: dict[Table, Callable[[int, int, int, str], Awaitable[Sequence[int | bool]]]] = {
             "holding": self.read_holding,
             "input": self.read_input,
             "coils": self.read_coils,
             "discrete": self.read_discrete,
-        }[table]
+        }
+        reader = readers[table]
         values: dict[int, int | bool] = {}
         for block in blocks:
             got = await reader(unit, block.address, block.count, device_id)
