@@ -107,6 +107,7 @@ class DeviceOut(_Out):
     gateway_id: str
     kind: str
     model: str
+    name: str | None = Field(description="What people call it (the site config's name), if given")
     location: dict[str, Any] | None
     state: dict[str, Any]
     online: bool | None = Field(description="null: unknown, its gateway is offline")

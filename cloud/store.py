@@ -896,6 +896,7 @@ async def apply_status(session: AsyncSession, status: GatewayStatus, now: dateti
             "gateway_id": status.gateway_id,
             "kind": info.kind,
             "model": info.model,
+            "name": info.name,
             "location": info.location.model_dump(exclude_none=True) if info.location else None,
             "online": True if status.online else None,
             "updated_at": now,

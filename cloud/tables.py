@@ -69,6 +69,7 @@ class Device(Base):
     gateway_id: Mapped[str] = mapped_column(String(64), index=True)
     kind: Mapped[str] = mapped_column(String(32), default="unknown")
     model: Mapped[str] = mapped_column(String(64), default="")
+    name: Mapped[str | None] = mapped_column(String(200), doc="What people call it, from the site config")
     location: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     state: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     online: Mapped[bool | None] = mapped_column(Boolean, doc="None: unknown (its gateway is offline)")

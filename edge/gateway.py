@@ -343,7 +343,7 @@ class Gateway:
             site_name=self.site.site_name,
             software=f"steward {__version__}",
             devices=[
-                DeviceInfo(id=d.id, kind=d.kind, model=d.model, location=d.location)
+                DeviceInfo(id=d.id, kind=d.kind, model=d.model, name=d.name, location=d.location)
                 for d in self.site.devices
             ],
             health=self.health() if online else {},

@@ -220,6 +220,9 @@ class DeviceInfo(WireModel):
     id: Ident
     kind: str
     model: str
+    name: str | None = Field(
+        default=None, max_length=200, description="What people call it (site config `name`), for consoles"
+    )
     location: Location | None = None
 
 

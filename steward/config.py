@@ -182,7 +182,9 @@ class DeviceConfig(_Strict):
     id: Ident
     kind: DeviceKind
     model: str = Field(default="generic", min_length=1, max_length=64)
-    name: str | None = None
+    name: str | None = Field(
+        default=None, min_length=1, max_length=200, description="What people call it; consoles show it"
+    )
     transport: Transport
     poll_interval_s: float = Field(default=1.0, ge=0.05, le=3600)
     location: Location = Field(default_factory=Location)

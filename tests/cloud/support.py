@@ -35,7 +35,7 @@ from steward.net import free_port
 
 SITE, GATEWAY = "estate-a", "gw-1"
 DEVICES = [
-    DeviceInfo(id="gate-1", kind="barrier_gate", model="generic"),
+    DeviceInfo(id="gate-1", kind="barrier_gate", model="generic", name="North gate, inbound (北门入口道闸)"),
     DeviceInfo(id="door-1", kind="door_access", model="generic"),
     DeviceInfo(id="meter-1", kind="smart_meter", model="generic"),
 ]

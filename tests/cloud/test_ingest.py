@@ -88,6 +88,9 @@ async def test_status_registers_devices_and_last_will_marks_gateway_offline(
             "meter-1": "smart_meter",
         }
         assert all(d["online"] is True for d in devices)
+        # What people call it, for the console; a device the config does not name has none.
+        names = {d["id"]: d["name"] for d in devices}
+        assert names == {"gate-1": "North gate, inbound (北门入口道闸)", "door-1": None, "meter-1": None}
         sites = (await cloud.http.get("/api/v1/sites")).json()
         assert [(s["id"], s["name"]) for s in sites] == [(SITE, "Estate A")]
         # What the broker publishes for the gateway's Last Will:

@@ -8,7 +8,7 @@ from pathlib import Path
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import Connection, create_engine
+from sqlalchemy import Connection, create_engine, inspect
 
 from cloud.db import alembic_config
 from cloud.tables import Base
@@ -81,5 +81,23 @@ def test_the_rejected_events_migration_makes_the_table_the_model_declares(tmp_pa
             command.downgrade(alembic_config(conn), "rejected_events@0001")
         with engine.connect() as conn:
             assert not conn.dialect.has_table(conn, "rejected_events")
+    finally:
+        engine.dispose()
+
+
+def test_the_device_names_migration_adds_the_column_and_takes_it_away_again(tmp_path: Path) -> None:
+    engine = create_engine(f"sqlite:///{tmp_path / 'n.db'}")
+    try:
+        with engine.begin() as conn:
+            command.upgrade(alembic_config(conn), "heads")
+        with engine.connect() as conn:
+            ctx = MigrationContext.configure(conn, opts={"compare_type": True})
+            diffs = [d for d in compare_metadata(ctx, Base.metadata) if "devices" in repr(d)]
+            assert diffs == []
+            assert "name" in {c["name"] for c in inspect(conn).get_columns("devices")}
+        with engine.begin() as conn:
+            command.downgrade(alembic_config(conn), "device_names@0001")
+        with engine.connect() as conn:
+            assert "name" not in {c["name"] for c in inspect(conn).get_columns("devices")}
     finally:
         engine.dispose()

@@ -169,9 +169,11 @@ async def test_silent_gateway_goes_offline_and_devices_unknown(
     async with sessions() as s:
         gw = await s.get(Gateway, GATEWAY)
         devices = (await s.execute(select(Device.online))).scalars().all()
+        gate = await s.get(Device, "gate-1")
     assert gw is not None
     assert gw.online is False
     assert set(devices) == {None}
+    assert gate is not None and gate.name == DEVICES[0].name  # what the status named it
 
 
 async def test_another_sites_gateway_cannot_move_or_write_a_device_it_names(

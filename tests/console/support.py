@@ -47,9 +47,10 @@ def browser_missing() -> str | None:
 needs_browser = pytest.mark.skipif(browser_missing() is not None, reason=browser_missing() or "")
 
 
-def gate(device_id: str = "east-gate", port: int | None = None) -> dict[str, Any]:
+def gate(device_id: str = "east-gate", port: int | None = None, name: str | None = None) -> dict[str, Any]:
     return {
         "id": device_id,
+        **({"name": name} if name else {}),
         "kind": "barrier_gate",
         "model": "io-module",
         "transport": {

@@ -45,7 +45,8 @@ def real_errors(errors: list[str]) -> list[str]:
 async def test_open_a_closed_gate_from_the_board(tmp_path: Path) -> None:
     from playwright.async_api import expect
 
-    async with running_console(tmp_path, [gate(), door(), intercom()]) as console:
+    named = gate(name="East entrance, inbound (东门入口道闸)")
+    async with running_console(tmp_path, [named, door(), intercom()]) as console:
         stack = console.stack
         await closed_gate(stack)
         await console.open()
@@ -57,9 +58,11 @@ async def test_open_a_closed_gate_from_the_board(tmp_path: Path) -> None:
         await expect(card.locator(".badge.main")).to_have_text("closed")
         await expect(card.locator('[data-value="online"]')).to_be_visible()
 
+        # The operator confirms the gate people know by name, its id beside it.
+        await expect(card.locator("h3")).to_contain_text("East entrance, inbound (东门入口道闸) (east-gate)")
         await card.get_by_role("button", name="Open gate").click()
         dialog = page.get_by_role("dialog")
-        await expect(dialog).to_contain_text("Open gate: east-gate")
+        await expect(dialog).to_contain_text("Open gate: East entrance, inbound (东门入口道闸) (east-gate)")
         await dialog.get_by_role("button", name="Open gate").click()
         await expect(dialog).to_be_hidden()
 

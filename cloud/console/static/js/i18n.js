@@ -375,6 +375,12 @@ export function eventWords(type) {
   return lang === "zh" ? pair[1] : pair[0];
 }
 
+// What people call a device (the site config's name), with its id, which installers and logs use.
+export function deviceLabel(dev, id) {
+  if (!dev) return id || "";
+  return dev.name ? `${dev.name} (${dev.id})` : dev.id;
+}
+
 export function locationText(loc) {
   if (!loc) return "";
   const parts = [];

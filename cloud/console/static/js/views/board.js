@@ -2,7 +2,7 @@
 // and the outcome of every command this console sent.
 
 import { clear, confirmDialog, h, notify, upsert } from "../dom.js";
-import { formatDuration, formatTime, locationText, t, word } from "../i18n.js";
+import { deviceLabel, formatDuration, formatTime, locationText, t, word } from "../i18n.js";
 import {
   FINAL,
   callsOf,
@@ -67,7 +67,7 @@ export function commandLine(record, tz) {
 }
 
 async function act(dev, action) {
-  const name = `${dev.id}${dev.location ? ` — ${locationText(dev.location)}` : ""}`;
+  const name = `${deviceLabel(dev)}${dev.location ? ` — ${locationText(dev.location)}` : ""}`;
   const ok = await confirmDialog({
     message: t("confirm.command", { action: t(`action.${action}`), device: name }),
     confirmLabel: t(`action.${action}`),
@@ -89,7 +89,7 @@ function deviceCard(dev, tz) {
   rows.push([t("state.link"), badge("link", linkValue(dev))]);
   const last = lastCommandFor(dev.id);
   const busy = last && !FINAL.has(last.command.status);
-  const title = `${dev.id}`;
+  const title = deviceLabel(dev);
   return h(
     "article",
     {
@@ -125,7 +125,7 @@ async function answer(call) {
   const dev = store.devices.get(call.device_id);
   if (!dev) return;
   const ok = await confirmDialog({
-    message: t("confirm.answer", { device: `${dev.id}${call.apartment ? ` → ${call.apartment}` : ""}` }),
+    message: t("confirm.answer", { device: `${deviceLabel(dev)}${call.apartment ? ` → ${call.apartment}` : ""}` }),
     confirmLabel: t("action.answer"),
   });
   if (!ok) return;
@@ -150,7 +150,7 @@ function watchCallOutcome(record, call) {
 async function hangup(call) {
   const dev = store.devices.get(call.device_id);
   if (!dev) return;
-  const ok = await confirmDialog({ message: `${t("action.hangup")}: ${dev.id}?`, confirmLabel: t("action.hangup") });
+  const ok = await confirmDialog({ message: `${t("action.hangup")}: ${deviceLabel(dev)}?`, confirmLabel: t("action.hangup") });
   if (ok) await sendCommand(dev, "hangup", { call_id: call.call_id }, "hung up by operations centre");
 }
 
@@ -163,7 +163,7 @@ function callItem(call, tz) {
     h(
       "p",
       {},
-      h("strong", {}, `${t("intercom.station")}: ${call.device_id}`),
+      h("strong", {}, `${t("intercom.station")}: ${deviceLabel(dev, call.device_id)}`),
       dev && dev.location ? ` (${locationText(dev.location)})` : "",
     ),
     h(

@@ -3,7 +3,7 @@
 
 import { get } from "../api.js";
 import { clear, h, notify } from "../dom.js";
-import { eventWords, formatTime, locationText, t, word } from "../i18n.js";
+import { deviceLabel, eventWords, formatTime, locationText, t, word } from "../i18n.js";
 import { siteTz, store, subscribe } from "../store.js";
 
 const KINDS = ["barrier_gate", "door_access", "video_intercom", "smart_meter", "fire_panel", "ble_sensor"];
@@ -99,7 +99,7 @@ export function renderEvents(root, siteId) {
       "tr",
       { class: `sev-${ev.severity}`, dataset: { type: ev.type, device: ev.device_id, severity: ev.severity } },
       h("td", {}, h("time", { datetime: ev.ts }, formatTime(ev.ts, tz, true))),
-      h("td", {}, ev.device_id),
+      h("td", {}, deviceLabel(store.devices.get(ev.device_id), ev.device_id)),
       h("td", {}, eventWords(ev.type), info ? h("span", { class: "reason" }, ` — ${info}`) : null),
       h("td", {}, h("span", { class: `sev sev-${ev.severity}` }, word("sev", ev.severity))),
       h("td", {}, locationText(ev.location)),
