@@ -129,6 +129,7 @@ class GatewayOut(_Out):
 class SiteOut(_Out):
     id: str
     name: str | None
+    timezone: str | None = Field(description="IANA zone its site config names; consoles show its times in it")
     created_at: datetime
     updated_at: datetime
 

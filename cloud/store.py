@@ -868,9 +868,13 @@ async def apply_status(session: AsyncSession, status: GatewayStatus, now: dateti
     site_values: dict[str, Any] = {"updated_at": now}
     if status.site_name:
         site_values["name"] = status.site_name
+    if status.timezone:
+        site_values["timezone"] = status.timezone
     await session.execute(
         _insert(session, Site)
-        .values(id=status.site_id, name=status.site_name, created_at=now, updated_at=now)
+        .values(
+            id=status.site_id, name=status.site_name, timezone=status.timezone, created_at=now, updated_at=now
+        )
         .on_conflict_do_update(index_elements=["id"], set_=site_values)
     )
     gw: dict[str, Any] = {

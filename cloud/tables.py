@@ -44,6 +44,7 @@ class Site(Base):
     __tablename__ = "sites"
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     name: Mapped[str | None] = mapped_column(String(200))
+    timezone: Mapped[str | None] = mapped_column(String(64), doc="IANA zone its site config names")
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
 

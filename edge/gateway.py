@@ -341,6 +341,7 @@ class Gateway:
             online=online,
             at=utcnow(),
             site_name=self.site.site_name,
+            timezone=self.site.timezone,
             software=f"steward {__version__}",
             devices=[
                 DeviceInfo(id=d.id, kind=d.kind, model=d.model, name=d.name, location=d.location)

@@ -8,6 +8,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Final, Literal, cast
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, GetCoreSchemaHandler, WithJsonSchema
 from pydantic_core import CoreSchema, core_schema
@@ -61,6 +62,18 @@ Ident = Annotated[
 EventType = Annotated[
     str, Field(pattern=r"^[a-z][a-z0-9_]*\.[a-z][a-z0-9_.]*$", max_length=MAX_EVENT_TYPE_LEN)
 ]
+
+
+def _known_zone(value: str) -> str:
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {value!r} (an IANA name such as Asia/Shanghai)") from None
+    return value
+
+
+# An IANA time zone this machine's zoneinfo knows (a typo like "Asia/Shangai" is refused, not UTC).
+TimeZoneName = Annotated[str, Field(min_length=1, max_length=64), AfterValidator(_known_zone)]
 
 
 def utcnow() -> datetime:
@@ -235,6 +248,9 @@ class GatewayStatus(WireModel):
     online: bool
     at: AwareDatetime
     site_name: str | None = None
+    timezone: TimeZoneName | None = Field(
+        default=None, description="The estate's time zone (site config), for its night rules and schedules"
+    )
     software: str | None = None
     devices: list[DeviceInfo] = Field(default_factory=list)
     health: dict[str, Any] = Field(default_factory=dict)

@@ -23,7 +23,7 @@ from pydantic import (
     model_validator,
 )
 
-from protocol.models import MAX_EVENT_BYTES, MAX_MESSAGE_BYTES, Location
+from protocol.models import MAX_EVENT_BYTES, MAX_MESSAGE_BYTES, Location, TimeZoneName
 from protocol.topics import check_segment
 
 Ident = Annotated[str, AfterValidator(lambda v: check_segment(v, "id"))]
@@ -252,7 +252,9 @@ def check_linkage_rules(rules: list[FireLinkageRule], kinds: dict[str, str]) -> 
 class SiteConfig(_Strict):
     site_id: Ident
     site_name: str = Field(min_length=1)
-    timezone: str = "Asia/Shanghai"
+    timezone: TimeZoneName = Field(
+        default="Asia/Shanghai", description="The estate's time zone: the cloud's night rules and schedules"
+    )
     gateway_id: Ident
     uplink: UplinkConfig = Field(default_factory=UplinkConfig)
     device_broker_url: str | None = Field(

@@ -141,3 +141,11 @@ def test_bad_broker_url(tmp_path: Path) -> None:
 
 def test_top_level_not_a_mapping(tmp_path: Path) -> None:
     assert "expected a mapping of settings at the top level" in error_for(tmp_path, "- a\n- b\n")
+
+
+def test_a_misspelt_time_zone_is_refused_with_its_place(tmp_path: Path) -> None:
+    """The cloud runs the estate's night rules and schedules on this clock: a typo must not pass as UTC."""
+    path = tmp_path / "site.yaml"
+    path.write_text("site_id: oak-garden\nsite_name: Oak Garden\ngateway_id: gw-1\ntimezone: Asia/Shangai\n")
+    with pytest.raises(ConfigError, match=r"timezone: .*unknown time zone 'Asia/Shangai'"):
+        load_site_config(path)

@@ -18,12 +18,12 @@ from datetime import timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
-from protocol.models import Event
+from protocol.models import Event, TimeZoneName
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -47,15 +47,7 @@ def parse_duration(value: Any) -> Any:
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
 
 
-def _check_zone(value: str) -> str:
-    try:
-        ZoneInfo(value)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise ValueError(f"unknown time zone {value!r}") from None
-    return value
-
-
-TimeZone = Annotated[str, BeforeValidator(_check_zone)]
+TimeZone = TimeZoneName
 
 
 class Priority(StrEnum):
@@ -349,8 +341,10 @@ class RuleSet(_Strict):
             response=cat.response or base.response, resolution=cat.resolution or base.resolution
         )
 
-    def zone(self, site_id: str | None) -> ZoneInfo:
-        return ZoneInfo(self.site_timezones.get(site_id or "", self.timezone))
+    def zone(self, site_id: str | None, reported: str | None = None) -> ZoneInfo:
+        """The site's time: an override here (``site_timezones``) first, then the zone its own config
+        names (``reported`` by its gateways), then the default."""
+        return ZoneInfo(self.site_timezones.get(site_id or "") or reported or self.timezone)
 
     def index(self) -> RuleIndex:
         """:meth:`relevant` by event type, for ingest (build once, ask per event)."""

@@ -225,10 +225,10 @@ class Ticker:
         rules = [r for r in self.rules.rules if r.kind == "night"]
         if not rules:
             return
-        sites = list((await session.execute(select(Site.id).order_by(Site.id))).scalars())
+        sites = await _site_zones(session)
         for rule in rules:
-            for site in sites:
-                zone = self.rules.zone(site)
+            for site, reported in sites.items():
+                zone = self.rules.zone(site, reported)
                 local = now.astimezone(zone)
                 end = time.fromisoformat(rule.end)
                 if local.time() < end:
@@ -292,15 +292,10 @@ class Ticker:
     async def open_schedules(self, session: AsyncSession, now: datetime, report: TickReport) -> None:
         if not self.plan.schedules:
             return
-        known: list[str] | None = None
+        known = await _site_zones(session)
         for schedule in self.plan.schedules:
-            sites = schedule.sites
-            if not sites:
-                if known is None:
-                    known = list((await session.execute(select(Site.id).order_by(Site.id))).scalars())
-                sites = known
-            for site in sites:
-                zone = self.rules.zone(site) if self.plan.timezone is None else self._plan_zone(site)
+            for site in schedule.sites or list(known):
+                zone = self._plan_zone(site, known.get(site))
                 period, due = schedule.due(now, zone)
                 if now < due:
                     continue
@@ -342,10 +337,13 @@ class Ticker:
                     "work_order.planned", schedule=schedule.id, site=site, period=period, work_order=wo.id
                 )
 
-    def _plan_zone(self, site: str) -> Any:
+    def _plan_zone(self, site: str, reported: str | None) -> Any:
+        """As :meth:`RuleSet.zone`, with the plan's own default, if it names one, before the rules'."""
         from zoneinfo import ZoneInfo
 
-        return ZoneInfo(self.rules.site_timezones.get(site, self.plan.timezone or self.rules.timezone))
+        if self.plan.timezone is None:
+            return self.rules.zone(site, reported)
+        return ZoneInfo(self.rules.site_timezones.get(site) or reported or self.plan.timezone)
 
     async def _claim_once(
         self, session: AsyncSession, what: str, site: str, period: str, now: datetime
@@ -357,3 +355,9 @@ class Ticker:
         return await store.claim_period(
             session, schedule_id=what, site_id=site, period=period, instance=self.instance, now=now
         )
+
+
+async def _site_zones(session: AsyncSession) -> dict[str, str | None]:
+    """Every site the cloud knows, in id order, with the time zone its gateways report (None: not yet)."""
+    rows = await session.execute(select(Site.id, Site.timezone).order_by(Site.id))
+    return {site: zone for site, zone in rows.all()}

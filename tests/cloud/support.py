@@ -199,6 +199,7 @@ class FakeGateway:
             online=online,
             at=datetime.now(UTC),
             site_name="Estate A",
+            timezone="Asia/Shanghai",
             software="test",
             devices=DEVICES if devices is None else devices,
         )

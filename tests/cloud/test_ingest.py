@@ -92,7 +92,7 @@ async def test_status_registers_devices_and_last_will_marks_gateway_offline(
         names = {d["id"]: d["name"] for d in devices}
         assert names == {"gate-1": "North gate, inbound (北门入口道闸)", "door-1": None, "meter-1": None}
         sites = (await cloud.http.get("/api/v1/sites")).json()
-        assert [(s["id"], s["name"]) for s in sites] == [(SITE, "Estate A")]
+        assert [(s["id"], s["name"], s["timezone"]) for s in sites] == [(SITE, "Estate A", "Asia/Shanghai")]
         # What the broker publishes for the gateway's Last Will:
         await gw.send_status(online=False, devices=[])
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
@@ -85,19 +86,24 @@ def test_the_rejected_events_migration_makes_the_table_the_model_declares(tmp_pa
         engine.dispose()
 
 
-def test_the_device_names_migration_adds_the_column_and_takes_it_away_again(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("branch", "table", "column"),
+    [("device_names", "devices", "name"), ("site_timezones", "sites", "timezone")],
+)
+def test_a_column_migration_adds_what_the_model_declares_and_takes_it_away_again(
+    tmp_path: Path, branch: str, table: str, column: str
+) -> None:
     engine = create_engine(f"sqlite:///{tmp_path / 'n.db'}")
     try:
         with engine.begin() as conn:
             command.upgrade(alembic_config(conn), "heads")
         with engine.connect() as conn:
             ctx = MigrationContext.configure(conn, opts={"compare_type": True})
-            diffs = [d for d in compare_metadata(ctx, Base.metadata) if "devices" in repr(d)]
-            assert diffs == []
-            assert "name" in {c["name"] for c in inspect(conn).get_columns("devices")}
+            assert [d for d in compare_metadata(ctx, Base.metadata) if f"'{table}'" in repr(d)] == []
+            assert column in {c["name"] for c in inspect(conn).get_columns(table)}
         with engine.begin() as conn:
-            command.downgrade(alembic_config(conn), "device_names@0001")
+            command.downgrade(alembic_config(conn), f"{branch}@0001")
         with engine.connect() as conn:
-            assert "name" not in {c["name"] for c in inspect(conn).get_columns("devices")}
+            assert column not in {c["name"] for c in inspect(conn).get_columns(table)}
     finally:
         engine.dispose()

@@ -7,9 +7,10 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
+from pydantic import ValidationError
 
 from cloud.workorders import RulesError, load_plan, load_rules, parse_plan, parse_rules
-from cloud.workorders.rules import Priority, event_fields, matches
+from cloud.workorders.rules import Priority, RuleSet, event_fields, matches
 from tests.workorders.support import event
 
 CONFIG = Path(__file__).resolve().parents[2] / "config"
@@ -100,3 +101,12 @@ def test_schedule_periods() -> None:
     now = datetime(2026, 5, 20, 4, 0, tzinfo=UTC)  # Wednesday
     assert week.due(now, zone) == ("2026-W21", datetime(2026, 5, 18, 8, 30, tzinfo=zone))
     assert quarter.due(now, zone) == ("2026-Q2", datetime(2026, 4, 10, 10, 0, tzinfo=zone))
+
+
+def test_a_sites_clock_an_override_first_then_its_own_config_then_the_default() -> None:
+    rules = RuleSet(timezone="Asia/Shanghai", site_timezones={"oak-garden": "Europe/London"})
+    assert rules.zone("oak-garden", "Asia/Tokyo").key == "Europe/London"
+    assert rules.zone("pine-court", "Asia/Tokyo").key == "Asia/Tokyo"
+    assert rules.zone("pine-court", None).key == "Asia/Shanghai"
+    with pytest.raises(ValidationError, match="unknown time zone 'Asia/Shangai'"):
+        RuleSet(timezone="Asia/Shangai")

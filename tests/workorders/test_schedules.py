@@ -8,8 +8,10 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import select
 
+from cloud.store import apply_status
 from cloud.workorders import parse_plan
 from cloud.workorders.tables import WorkOrder
+from protocol import GatewayStatus
 from tests.workorders.support import Clock, Db, event, ingest, service
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
@@ -75,3 +77,28 @@ async def test_a_schedule_opens_exactly_one_work_order_per_period(any_db: Db) ->
         wo = await s.scalar(select(WorkOrder).where(WorkOrder.title.like("Monthly%")).limit(1))
     assert wo is not None and wo.resolution_due - wo.created_at == timedelta(days=5)
     assert wo.data == {"schedule": "extinguishers", "period": "2026-04"}
+
+
+async def test_each_site_keeps_its_own_clock_as_its_gateways_report_it(any_db: Db) -> None:
+    """The monthly check is due at 09:00 on the 1st where the estate is: an estate whose site config says
+    Asia/Tokyo gets it an hour before one on Shanghai time, and an override in the rules beats both."""
+    db = any_db
+    tokyo = ZoneInfo("Asia/Tokyo")
+    clock = Clock(datetime(2026, 4, 1, 8, 59, tzinfo=tokyo))
+    monthly = {"id": "extinguishers", "title": "Monthly fire extinguisher check", "every": "month", "day": 1}
+    plan = parse_plan(
+        {"schedules": [{**monthly, "at": "09:00", "team": "engineering", "category": "maintenance.fire"}]}
+    )
+    svc = service(db, clock, plan=plan)
+    for site, zone in (("oak-garden", "Asia/Shanghai"), ("pine-court", "Asia/Tokyo"), ("elm-court", None)):
+        await ingest(db, svc, event("gate-1", "gate.opened", at=clock()), site=site, gateway=f"gw-{site}")
+        status = GatewayStatus(site_id=site, gateway_id=f"gw-{site}", online=True, at=clock(), timezone=zone)
+        async with db.sessions() as s, s.begin():
+            await apply_status(s, status, clock())
+    assert await svc.tick() is not None and await planned(db) == []
+    clock.set(datetime(2026, 4, 1, 9, 0, tzinfo=tokyo))
+    await svc.tick()
+    assert [site for site, _, _ in await planned(db)] == ["pine-court"]
+    clock.set(datetime(2026, 4, 1, 9, 0, tzinfo=SHANGHAI))  # no zone reported: the rules' default
+    await svc.tick()
+    assert sorted(site for site, _, _ in await planned(db)) == ["elm-court", "oak-garden", "pine-court"]

@@ -93,7 +93,7 @@ export function siteById(id) {
   return store.sites.find((s) => s.id === id) || null;
 }
 
-// Sites may carry `timezone`; the API has none yet, so Asia/Shanghai (the console says so).
+// A site carries the `timezone` its gateways report; before one has, Asia/Shanghai (the console says so).
 export function siteTz(id) {
   const site = siteById(id);
   return { tz: (site && site.timezone) || DEFAULT_TZ, fromSite: Boolean(site && site.timezone) };
