@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
+import cloud.db
 from cloud import CloudSettings
 from cloud.command_store import apply_result
 from cloud.commands import CommandService
@@ -471,20 +472,25 @@ async def test_reads_do_not_wait_for_a_writer_and_cannot_write(tmp_path: Path) -
 async def test_writers_queue_in_order_and_a_failed_one_lets_the_next_go(tmp_path: Path) -> None:
     async with command_service(tmp_path) as (service, _hub, _command_id):
         order: list[str] = []
+        lock = cloud.db._THREADS[service.sessions.kw["bind"].sync_engine.dialect].write_lock
+        release_a = asyncio.Event()
 
-        async def write(name: str, hold_s: float, fail: bool = False) -> None:
+        async def write(name: str, fail: bool = False) -> None:
             async with service.sessions() as session, session.begin():
                 await session.execute(text("UPDATE gateways SET software = :n"), {"n": name})
                 order.append(name)
-                await asyncio.sleep(hold_s)
                 if fail:
+                    await release_a.wait()
                     raise RuntimeError("rolled back")
 
-        first = asyncio.create_task(write("a", 0.3, fail=True))
+        first = asyncio.create_task(write("a", fail=True))
+        await eventually(lambda: _true(order == ["a"]))  # a holds the lock
         rest = []
-        for name in "bcd":
-            await asyncio.sleep(0.05)  # each is waiting for the lock before the next arrives
-            rest.append(asyncio.create_task(write(name, 0)))
+        for queued, name in enumerate("bcd", 1):
+            rest.append(asyncio.create_task(write(name)))
+            # Each is waiting for the lock before the next arrives (a machine's load cannot reorder them).
+            await eventually(lambda queued=queued: _true(lock.waiting == queued))
+        release_a.set()
         with pytest.raises(RuntimeError):
             await first
         # Released on rollback too (else these would wait out the 30 s lock timeout).
@@ -492,3 +498,7 @@ async def test_writers_queue_in_order_and_a_failed_one_lets_the_next_go(tmp_path
         assert order == ["a", "b", "c", "d"]
         async with service.read_sessions() as reader:
             assert await reader.scalar(text("SELECT software FROM gateways")) == "d"
+
+
+async def _true(value: bool) -> bool:
+    return value
