@@ -124,6 +124,10 @@ class GatewayOut(_Out):
     health: dict[str, Any]
     clock_skew_s: float | None
     clock_skewed: bool
+    device_ids_taken: list[str] = Field(
+        description="Device ids its site config names that another site already has: their events are "
+        "stored but update no device until the config renames them (which ids only, never whose)"
+    )
 
 
 class SiteOut(_Out):

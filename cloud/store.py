@@ -65,6 +65,19 @@ def _foreign_claim(device_id: str, owner_site: str, site_id: str, gateway_id: st
     )
 
 
+async def foreign_devices(session: AsyncSession, site_id: str, device_ids: Iterable[str]) -> dict[str, str]:
+    """Of ``device_ids``, those another site's registry already holds, with that site, in id order."""
+    wanted = sorted(set(device_ids))
+    if not wanted:
+        return {}
+    rows = await session.execute(
+        select(Device.id, Device.site_id)
+        .where(Device.id.in_(wanted), Device.site_id != site_id)
+        .order_by(Device.id)
+    )
+    return {device_id: owner for device_id, owner in rows.all()}
+
+
 def _dialect(session: AsyncSession) -> str:
     bind = session.bind
     assert bind is not None, "sessions are bound to the app's engine"
@@ -877,11 +890,19 @@ async def apply_status(session: AsyncSession, status: GatewayStatus, now: dateti
         )
         .on_conflict_do_update(index_elements=["id"], set_=site_values)
     )
+    # Reported back to operators and installers (GatewayOut.device_ids_taken): these devices' events
+    # are stored, but update no device, until the site config renames them.
+    taken = await foreign_devices(session, status.site_id, (d.id for d in status.devices))
+    for device_id, owner in taken.items():
+        _foreign_claim(device_id, owner, status.site_id, status.gateway_id)
     gw: dict[str, Any] = {
         "site_id": status.site_id,
         "online": status.online,
         "status_at": status.at,
-        "status": status.model_dump(mode="json", exclude={"devices", "health"}),
+        "status": {
+            **status.model_dump(mode="json", exclude={"devices", "health"}),
+            "device_ids_taken": list(taken),
+        },
     }
     if status.online:
         gw["last_seen"] = now
@@ -912,14 +933,6 @@ async def apply_status(session: AsyncSession, status: GatewayStatus, now: dateti
             .values(id=info.id, state={}, **values)
             .on_conflict_do_update(index_elements=["id"], set_=values, where=Device.site_id == status.site_id)
         )
-    if status.devices:
-        taken = await session.execute(
-            select(Device.id, Device.site_id).where(
-                Device.id.in_([d.id for d in status.devices]), Device.site_id != status.site_id
-            )
-        )
-        for device_id, owner in taken.all():
-            _foreign_claim(device_id, owner, status.site_id, status.gateway_id)
     if not status.online:
         await session.execute(
             update(Device).where(Device.gateway_id == status.gateway_id).values(online=None, updated_at=now)

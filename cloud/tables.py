@@ -62,6 +62,11 @@ class Gateway(Base):
     clock_skew_s: Mapped[float | None] = mapped_column(Float)
     clock_skewed: Mapped[bool] = mapped_column(Boolean, default=False)
 
+    @property
+    def device_ids_taken(self) -> list[str]:
+        """Device ids its last status named that another site holds (see ``cloud.store.apply_status``)."""
+        return list((self.status or {}).get("device_ids_taken", []))
+
 
 class Device(Base):
     __tablename__ = "devices"

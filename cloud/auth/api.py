@@ -7,7 +7,6 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request, status
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from sqlalchemy import select
 
 from cloud.api.deps import ServicesDep
 from cloud.auth.deps import CurrentUser, auth_service, require
@@ -18,7 +17,7 @@ from cloud.auth.service import AuthService
 from cloud.auth.tables import UserRow
 from cloud.db import make_read_sessions
 from cloud.schemas import ErrorOut
-from cloud.tables import Device
+from cloud.store import foreign_devices
 from protocol.topics import check_segment
 
 router = APIRouter(tags=["auth"])
@@ -313,16 +312,9 @@ async def register_gateway(
         detail=f"{reg.gateway_id} ({'password rotated' if reg.rotated else 'new'})",
     )
     assert service.command_public_key is not None
-    taken: list[str] = []
-    if body.device_ids:
-        # Only which ids: not whose, nor anything else of another site's devices.
-        async with make_read_sessions(services.sessions)() as session:
-            rows = await session.execute(
-                select(Device.id)
-                .where(Device.id.in_(body.device_ids), Device.site_id != reg.site_id)
-                .order_by(Device.id)
-            )
-            taken = list(rows.scalars())
+    # Only which ids: not whose, nor anything else of another site's devices.
+    async with make_read_sessions(services.sessions)() as session:
+        taken = list(await foreign_devices(session, reg.site_id, body.device_ids))
     return RegisterOut(
         site_id=reg.site_id,
         gateway_id=reg.gateway_id,

@@ -22,10 +22,12 @@ from cloud.commissioning.schemas import (
     CommissioningReport,
     ReportOut,
     ReportSummary,
+    UploadOut,
 )
 from cloud.commissioning.tables import CommissioningReportRow
 from cloud.errors import CloudError, NotFound
 from cloud.schemas import ErrorOut
+from cloud.store import foreign_devices
 from cloud.tables import Gateway
 from protocol.models import utcnow
 
@@ -94,7 +96,7 @@ def _summary(row: CommissioningReportRow) -> dict[str, Any]:
 @router.post(
     "/gateways/{gateway_id}/commissioning",
     status_code=201,
-    response_model=ReportOut,
+    response_model=UploadOut,
     responses=_ERRORS,
     openapi_extra={
         "requestBody": {
@@ -105,7 +107,7 @@ def _summary(row: CommissioningReportRow) -> dict[str, Any]:
 )
 async def upload_report(
     gateway_id: GatewayId, request: Request, user: CurrentUser, services: ServicesDep
-) -> ReportOut:
+) -> UploadOut:
     """Store a commissioning report for the gateway (``steward commission report --upload``). Every
     upload is kept; ``GET`` shows the newest. At most 4 MiB."""
     gateway = await _gateway(services, gateway_id)
@@ -135,6 +137,7 @@ async def upload_report(
     )
     async with services.sessions() as session, session.begin():
         session.add(row)
+        taken = list(await foreign_devices(session, gateway.site_id, (d.id for d in report.devices)))
     auth = services.extras.get("auth")
     if auth is not None:
         await auth.audit(
@@ -145,7 +148,7 @@ async def upload_report(
             client_ip=request.client.host if request.client else None,
             detail=f"{gateway.id}: report {row.id}, {row.devices_complete}/{row.devices} devices complete",
         )
-    return ReportOut(**_summary(row), report=report)
+    return UploadOut(**_summary(row), report=report, device_ids_taken=taken)
 
 
 @router.get("/gateways/{gateway_id}/commissioning", response_model=CommissioningOut, responses=_ERRORS)

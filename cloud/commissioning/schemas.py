@@ -113,6 +113,13 @@ class ReportOut(ReportSummary):
     report: CommissioningReport
 
 
+class UploadOut(ReportOut):
+    device_ids_taken: list[str] = Field(
+        description="Device ids of the report that another site already has (which ids only, never whose): "
+        "a device added to the config after registration is checked here, at handover"
+    )
+
+
 class CommissioningOut(BaseModel):
     gateway_id: str
     site_id: str

@@ -963,4 +963,13 @@ def _upload_report(
             _fail(f"report saved locally, not uploaded: {exc}", exc.exit_code)
     summary = f"uploaded to {client.base_url} as report {stored.get('id')}"
     _log(config, "upload_report", installer=installer, ok=True, summary=summary, cloud=client.base_url)
-    _out().print(f"[green]Uploaded[/green]: {summary} (GET /api/v1/gateways/{site.gateway_id}/commissioning)")
+    out = _out()
+    out.print(f"[green]Uploaded[/green]: {summary} (GET /api/v1/gateways/{site.gateway_id}/commissioning)")
+    taken = [str(d) for d in stored.get("device_ids_taken") or []]
+    if taken:
+        # A device added after `register` was checked by nobody until now: say it at handover.
+        out.print(
+            f"[red]Device ids another site already has: {', '.join(taken)}.[/red] Their events would "
+            "update no device in the cloud: rename them in the config (device ids are unique across "
+            "estates), then run the gateway and this report again."
+        )

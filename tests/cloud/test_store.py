@@ -204,6 +204,9 @@ async def test_another_sites_gateway_cannot_move_or_write_a_device_it_names(
                 GatewayStatus(site_id=other_site, gateway_id=other_gw, online=True, at=now, devices=theirs),
                 now,
             )
+        async with sessions() as s:
+            claimant = await s.get(Gateway, other_gw)
+        assert claimant is not None and claimant.device_ids_taken == ["meter-1"]  # GET /gateways shows it
         batch = make_batch(
             [
                 make_event("meter-1", "meter.reading", 1, {"kwh": 999.0}, ts=t0 + timedelta(minutes=1)),

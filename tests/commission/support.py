@@ -18,9 +18,10 @@ import structlog
 from typer.testing import CliRunner
 
 from cloud.auth import Role
+from protocol import DeviceInfo
 from steward.commission import commission_app
 from tests.auth.support import App, Clock, served
-from tests.cloud.support import cloud_settings, embedded_broker
+from tests.cloud.support import FakeGateway, cloud_settings, embedded_broker
 
 T = TypeVar("T")
 CLOUD_BROKER_PASSWORD = "cloud-broker-password-1"
@@ -129,3 +130,23 @@ def api(app: App, method: str, path: str, token: str, **kwargs: Any) -> httpx.Re
 
 def cloud_url(app: App) -> str:
     return f"http://{app.settings.http_host}:{app.settings.http_port}"
+
+
+def reported(
+    bg: BackgroundLoop, cloud: App, site: str, gateway: str, devices: list[DeviceInfo] | None = None
+) -> None:
+    """A stand-in gateway reports itself and ``devices`` (default: gate-1, door-1, meter-1) on the open
+    test broker; returns once the cloud has stored the report."""
+
+    async def report() -> None:
+        async with FakeGateway(cloud.settings.broker_port, site=site, gateway=gateway) as gw:
+            await gw.send_status(online=True, devices=devices)
+
+    bg.run(report())
+    admin = token_for(bg, cloud, f"root-{gateway}", Role.ADMIN, [])
+    for _ in range(200):
+        found = api(cloud, "GET", "/api/v1/gateways", admin, params={"site_id": site}).json()
+        if found and found[0]["last_seen"]:
+            return
+        bg.run(asyncio.sleep(0.05))
+    raise AssertionError(f"the cloud did not store {gateway}'s report within 10 s")

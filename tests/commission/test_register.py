@@ -3,7 +3,6 @@ their file modes), the config the gateway will run with, and every way it refuse
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import stat
@@ -15,9 +14,8 @@ from cloud.auth import Role
 from steward.broker import free_port
 from steward.config import load_site_config
 from tests.auth.support import App
-from tests.cloud.support import FakeGateway
 from tests.commission.conftest import write_site
-from tests.commission.support import BackgroundLoop, api, cli, cloud_url, token_for
+from tests.commission.support import BackgroundLoop, api, cli, cloud_url, reported, token_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -105,7 +103,7 @@ def test_register_refuses_a_gateway_that_already_connected(
 ) -> None:
     # A gateway that has been talking to the cloud (here on the open test broker) is in use: a second
     # laptop without its credentials must not silently cut it off by rotating its password.
-    _reported(bg, cloud, "ash-row", "gw-ash")
+    reported(bg, cloud, "ash-row", "gw-ash")
     site = write_site(tmp_path, "ash-row", "gw-ash")
     token = token_for(bg, cloud, "ian-ash", Role.INSTALLER, ["ash-row"])
     r = register(site, cloud, token)
@@ -113,24 +111,6 @@ def test_register_refuses_a_gateway_that_already_connected(
     assert "has connected to it" in r.stderr and "--force" in r.stderr
     assert not (tmp_path / "site.yaml.credentials.json").exists()
     assert register(site, cloud, token, "--force").exit_code == 0
-
-
-def _reported(bg: BackgroundLoop, cloud: App, site: str, gateway: str) -> None:
-    """A stand-in gateway reports itself (and gate-1, door-1, meter-1) on the open test broker; returns
-    once the cloud has stored the report."""
-
-    async def report() -> None:
-        async with FakeGateway(cloud.settings.broker_port, site=site, gateway=gateway) as gw:
-            await gw.send_status(online=True)
-
-    bg.run(report())
-    admin = token_for(bg, cloud, f"root-{gateway}", Role.ADMIN, [])
-    for _ in range(200):
-        found = api(cloud, "GET", "/api/v1/gateways", admin, params={"site_id": site}).json()
-        if found and found[0]["last_seen"]:
-            return
-        bg.run(asyncio.sleep(0.05))
-    raise AssertionError(f"the cloud did not store {gateway}'s report within 10 s")
 
 
 def test_register_bad_expired_and_foreign_tokens(bg: BackgroundLoop, cloud: App, tmp_path: Path) -> None:
@@ -177,7 +157,7 @@ def test_register_gateway_id_taken_at_another_site(bg: BackgroundLoop, cloud: Ap
 def test_register_names_device_ids_another_site_already_has(
     bg: BackgroundLoop, cloud: App, tmp_path: Path
 ) -> None:
-    _reported(bg, cloud, "elm-row", "gw-elm")  # another estate's gateway, with gate-1
+    reported(bg, cloud, "elm-row", "gw-elm")  # another estate's gateway, with gate-1
     site = write_site(tmp_path, "yew-row", "gw-yew")
     modbus = "transport: {type: modbus_tcp, host: 127.0.0.1, port: 5020, unit: %d}"
     site.write_text(

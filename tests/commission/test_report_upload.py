@@ -19,10 +19,11 @@ from cloud.commissioning import MAX_REPORT_BYTES
 from cloud.commissioning.tables import CommissioningReportRow
 from cloud.db import make_engine, upgrade
 from cloud.settings import CloudSettings
+from protocol import DeviceInfo
 from steward.broker import free_port
 from tests.auth.support import App
 from tests.commission.conftest import write_site
-from tests.commission.support import BackgroundLoop, api, cli, cloud_url, token_for
+from tests.commission.support import BackgroundLoop, api, cli, cloud_url, reported, token_for
 
 pytestmark = pytest.mark.timeout(120)
 GATE = (
@@ -231,3 +232,23 @@ async def test_upgrade_heads_creates_the_commissioning_table_as_declared(tmp_pat
             assert await conn.run_sync(check) == []
     finally:
         await engine.dispose()
+
+
+def test_a_device_added_after_registration_is_checked_at_handover(
+    bg: BackgroundLoop, cloud: App, tmp_path: Path
+) -> None:
+    """`register` names the ids another site has; a device added to the config afterwards was checked by
+    nobody (the cloud only logged it). The report's upload names it, in red, at handover."""
+    elm_door = DeviceInfo(id="door-1", kind="door_access", model="generic")
+    reported(bg, cloud, "elm-walk", "gw-elm-walk", [elm_door])  # another estate's gateway
+    site, token = registered_site(bg, cloud, tmp_path, "ivy-walk", "gw-ivy")  # with gate-1: no clash
+    door = "  - {id: door-1, kind: door_access, transport: {type: modbus_tcp, host: 127.0.0.1, unit: 7}}\n"
+    site.write_text(site.read_text().replace("devices:\n", "devices:\n" + door), encoding="utf-8")
+    r = report(site, "--upload", token=token)
+    assert r.exit_code == 0, r.output
+    assert "Device ids another site already has: door-1." in r.stdout
+    # The API's answer to the upload says which ids, never whose.
+    uploaded = json.loads((tmp_path / "site.commissioning-report.json").read_text())
+    reply = api(cloud, "POST", "/api/v1/gateways/gw-ivy/commissioning", token, json=uploaded)
+    assert reply.status_code == 201 and reply.json()["device_ids_taken"] == ["door-1"]
+    assert "elm-walk" not in reply.text
