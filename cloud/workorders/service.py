@@ -251,11 +251,18 @@ class WorkOrderService:
         if not wanted or self.hub is None or not self.hub.has_subscribers:
             return
         now = self.clock()
-        async with self.sessions() as session:
-            rows = (await session.execute(select(WorkOrder).where(WorkOrder.id.in_(wanted)))).scalars()
-            for wo in rows:
-                out = WorkOrderOut.model_validate(self._out(wo, now)).model_dump(mode="json")
-                self.hub.publish("work_order", out)
+        try:
+            async with self.sessions() as session:
+                found = await session.execute(select(WorkOrder).where(WorkOrder.id.in_(wanted)))
+                rows = list(found.scalars())
+        except SQLAlchemyError as exc:
+            # Committed already: a console misses the live update and sees it at its next refresh; the
+            # caller (the timer loop's webhooks, ingest's other listeners) must not stop for it.
+            log.warning("work_order.announce_failed", work_orders=wanted, error=str(exc)[:300])
+            return
+        for wo in rows:
+            out = WorkOrderOut.model_validate(self._out(wo, now)).model_dump(mode="json")
+            self.hub.publish("work_order", out)
 
     def _out(self, wo: WorkOrder, now: datetime) -> dict[str, object]:
         final = wo.status in store.FINAL
