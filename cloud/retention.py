@@ -17,20 +17,22 @@ record of who opened what), work orders, the registry, accounts.
 
 Each chunk (``CHUNK_ROWS`` rows) is its own transaction. On a SQLite file it runs on the writer thread,
 never on the event loop, and the write lock goes back between chunks, so an operator's command waits
-for at most one chunk, not for a year of history. Two instances pruning at once only repeat each other's
-empty deletes.
+for at most one chunk, not for a year of history. With several instances on one PostgreSQL, a pass
+runs on one of them at a time (a session advisory lock, per schema); the others skip theirs.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import zlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar, cast
 
 import structlog
-from sqlalchemy import Connection, Table, bindparam, delete, select
+from sqlalchemy import Connection, Table, bindparam, delete, select, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -136,6 +138,32 @@ class Retention:
             await asyncio.sleep(self.settings.retention_interval_s)
 
     async def prune_once(self) -> Pruned:
+        async with self._turn() as ours:
+            if not ours:
+                log.debug("retention.skipped", reason="another instance is pruning")
+                return Pruned()
+            return await self._prune()
+
+    @contextlib.asynccontextmanager
+    async def _turn(self) -> AsyncIterator[bool]:
+        """Whether this pass is ours: on PostgreSQL, only one instance's at a time (advisory locks are
+        per database, so the key names the schema); SQLite's file has one cloud."""
+        if not self.settings.is_postgres:
+            yield True
+            return
+        key = zlib.crc32(f"steward.retention:{self.settings.database_schema or ''}".encode())
+        engine = self.sessions.kw["bind"]
+        async with engine.connect() as conn:
+            ours = bool(await conn.scalar(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}))
+            await conn.commit()  # the lock is the session's, not the transaction's: none is left open
+            try:
+                yield ours
+            finally:
+                if ours:
+                    await conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                    await conn.commit()
+
+    async def _prune(self) -> Pruned:
         now = self.clock()
         settings, pruned = self.settings, Pruned()
         if settings.retention_events_days:

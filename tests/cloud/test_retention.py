@@ -7,16 +7,18 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import Connection, func, insert, select
+from sqlalchemy import Connection, func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 import cloud.retention
 from cloud import CloudSettings
+from cloud.db import make_engine, make_sessions, upgrade
 from cloud.metrics import Metrics
 from cloud.retention import Pruned, Retention
 from cloud.tables import CommandAudit, EventRow, Reading, RejectedEvent
 from protocol import new_id
 from protocol.ids import id_floor, id_timestamp_ms
+from tests.cloud.conftest import PG_URL, requires_pg
 
 NOW = datetime(2027, 6, 1, 12, 0, tzinfo=UTC)
 OLD = NOW - timedelta(days=400)
@@ -167,3 +169,24 @@ def test_the_id_floor_sorts_below_every_id_of_its_millisecond_and_above_earlier_
     same = [id_floor(ms)[:10] + new_id()[10:] for _ in range(100)]
     earlier = [id_floor(ms - 1)[:10] + new_id()[10:] for _ in range(100)]
     assert all(floor <= i for i in same) and all(i < floor for i in earlier)
+
+
+@requires_pg
+async def test_on_postgresql_one_instance_prunes_at_a_time() -> None:
+    """Several instances share one PostgreSQL: a pass runs on one of them; the others skip theirs."""
+    settings = CloudSettings(database_url=PG_URL, database_schema=f"t_{new_id().lower()}")
+    engine = make_engine(settings)
+    try:
+        await upgrade(engine, settings)
+        sessions = make_sessions(engine)
+        await _fill(sessions)
+        first, second = (Retention(settings, sessions, Metrics(), clock=lambda: NOW) for _ in range(2))
+        async with first._turn() as ours:  # the first instance's pass is under way
+            assert ours
+            assert await second.prune_once() == Pruned()
+            assert (await _counts(sessions))["events"] == 10
+        assert await second.prune_once() == Pruned(events=7, readings=14, rejected=4)
+    finally:
+        async with engine.begin() as conn:
+            await conn.execute(text(f'DROP SCHEMA "{settings.database_schema}" CASCADE'))
+        await engine.dispose()
