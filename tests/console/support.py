@@ -177,3 +177,8 @@ async def running_console(
             yield Console(stack, page, f"http://127.0.0.1:{stack.cloud_settings.http_port}", errors)
         finally:
             await context.close()
+
+
+def real_errors(errors: list[str]) -> list[str]:
+    # A 404 from feature detection (an API not built yet) is logged by the browser; it is not a fault.
+    return [e for e in errors if "Failed to load resource" not in e]

@@ -11,6 +11,7 @@ from tests.console.support import (
     gate,
     intercom,
     needs_browser,
+    real_errors,
     running_console,
 )
 from tests.stack import Stack
@@ -35,11 +36,6 @@ async def closed_gate(stack: Stack, device_id: str = "east-gate") -> None:
         f"/api/v1/devices/{device_id}",
         lambda r: r.json()["state"].get("gate", {}).get("value") == "closed",
     )
-
-
-def real_errors(errors: list[str]) -> list[str]:
-    # A 404 from feature detection (an API not built yet) is logged by the browser; it is not a fault.
-    return [e for e in errors if "Failed to load resource" not in e]
 
 
 async def test_open_a_closed_gate_from_the_board(tmp_path: Path) -> None:

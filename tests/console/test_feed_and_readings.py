@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
-from tests.console.support import door, gate, meter, needs_browser, running_console
+from tests.cloud.support import FakeGateway, make_batch, make_event
+from tests.console.support import door, gate, meter, needs_browser, real_errors, running_console
 
 pytestmark = needs_browser
 
@@ -59,3 +61,37 @@ async def test_meter_readings_are_charted(tmp_path: Path) -> None:
         assert await charts.count() >= 1
         await expect(charts.first.locator("svg[role=img] circle").first).to_be_attached()
         await expect(charts.first).to_contain_text("hourly average")
+
+
+async def test_events_the_cloud_refused_are_listed_with_why(tmp_path: Path) -> None:
+    """A gateway on another software version sends an event the cloud's schema refuses; the rest of its
+    batch is stored and that one kept as sent. Engineering finds it under the feed, with the reason."""
+    from playwright.async_api import expect
+
+    async with running_console(tmp_path, [gate()]) as console:
+        stack = console.stack
+        site, gateway = stack.site.site_id, stack.site.gateway_id
+        batch = json.loads(
+            make_batch(
+                [make_event("east-gate", "gate.opened", 9001), make_event("east-gate", "gate.closed", 9002)],
+                site=site,
+                gateway=gateway,
+            ).to_bytes()
+        )
+        batch["events"][1]["type"] = "Gate Closed"  # not a dotted lower-case type
+        async with FakeGateway(stack.broker.port, site=site, gateway=gateway) as gw:
+            await gw.send_raw("events", json.dumps(batch).encode())
+            assert (await gw.next_ack()).rejected == 1
+        await console.open()
+        await console.open_site(site)
+        page = console.page
+        await page.get_by_role("link", name="Events").click()
+        refused = page.locator("#refused")
+        await expect(refused.locator("summary")).to_contain_text("Events the cloud refused (1)")
+        await refused.locator("summary").click()
+        row = refused.locator("#refused-table tbody tr")
+        await expect(row).to_have_count(1)
+        await expect(row).to_have_attribute("data-gateway", gateway)
+        await expect(row).to_contain_text("type")  # where validation failed
+        await expect(row).to_contain_text('"Gate Closed"')  # the event as it was sent
+        assert real_errors(console.errors) == []

@@ -1,5 +1,6 @@
 // The live event feed: the newest stored events, then whatever the stream brings, filtered by estate,
-// device kind and severity.
+// device kind and severity. Below it, the events the cloud refused from the estate's gateways (kept as
+// sent, with the reason): what a gateway on the wrong software version or a damaged buffer looks like.
 
 import { get } from "../api.js";
 import { clear, h, notify } from "../dom.js";
@@ -9,6 +10,7 @@ import { siteTz, store, subscribe } from "../store.js";
 const KINDS = ["barrier_gate", "door_access", "video_intercom", "smart_meter", "fire_panel", "ble_sensor"];
 const SEVERITIES = ["safety", "access", "state", "telemetry"];
 const SHOWN = 150;
+const REFUSED_SHOWN = 50;
 
 function detail(ev) {
   const d = ev.data || {};
@@ -36,6 +38,7 @@ export function renderEvents(root, siteId) {
     );
   const body = h("tbody", {});
   const empty = h("p", { class: "empty", hidden: true }, t("events.none"));
+  const refused = refusedPanel();
   root.append(
     h(
       "section",
@@ -52,6 +55,7 @@ export function renderEvents(root, siteId) {
           (v) => {
             filters.site = v;
             load();
+            refused.load(v);
           },
         ),
         select("filter-kind", t("events.kind"), [["", t("kind.all")], ...KINDS.map((k) => [k, t(`kind.${k}`)])], "", (v) => {
@@ -81,6 +85,7 @@ export function renderEvents(root, siteId) {
       ),
       empty,
     ),
+    refused.panel,
   );
 
   const matches = (ev) => {
@@ -126,6 +131,7 @@ export function renderEvents(root, siteId) {
     }
   };
   load();
+  refused.load(filters.site);
   return subscribe((what, ev) => {
     if (what !== "event" || items.some((e) => e.id === ev.id)) return;
     items.unshift(ev);
@@ -136,4 +142,56 @@ export function renderEvents(root, siteId) {
       while (body.children.length > SHOWN) body.lastChild.remove();
     }
   });
+}
+
+// Closed until asked for: most days it is empty, and a refused event is for engineering, not the desk.
+function refusedPanel() {
+  const body = h("tbody", {});
+  const count = h("span", { class: "count" }, "");
+  const empty = h("p", { class: "empty", hidden: true }, t("refused.none"));
+  const panel = h(
+    "details",
+    { class: "panel refused", id: "refused" },
+    h("summary", {}, t("refused.title"), " ", count),
+    h("p", { class: "hint" }, t("refused.hint")),
+    h(
+      "table",
+      { class: "events", id: "refused-table" },
+      h(
+        "thead",
+        {},
+        h("tr", {}, [t("refused.received"), t("refused.gateway"), t("refused.why"), t("refused.as_sent")].map((c) => h("th", { scope: "col" }, c))),
+      ),
+      body,
+    ),
+    empty,
+  );
+  let generation = 0;
+  const load = async (siteId) => {
+    const mine = ++generation;
+    try {
+      const page = await get("/rejected-events", { site_id: siteId, limit: REFUSED_SHOWN });
+      if (mine !== generation) return;
+      clear(body);
+      for (const r of page.items) {
+        const { tz } = siteTz(r.site_id);
+        body.append(
+          h(
+            "tr",
+            { dataset: { key: r.key, gateway: r.gateway_id } },
+            h("td", {}, h("time", { datetime: r.received_at }, formatTime(r.received_at, tz, true))),
+            h("td", {}, r.gateway_id),
+            h("td", { class: "reason" }, r.error),
+            h("td", {}, h("code", {}, r.payload.length > 300 ? `${r.payload.slice(0, 300)}…` : r.payload)),
+          ),
+        );
+      }
+      const n = page.items.length;
+      count.textContent = `(${page.next_cursor ? `${n}+` : n})`;
+      empty.hidden = n > 0;
+    } catch (exc) {
+      notify(t("error.api", { status: exc.status, message: exc.message }), "error");
+    }
+  };
+  return { panel, load };
 }
