@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import Connection, create_engine, inspect
+from sqlalchemy import Connection, Engine, create_engine, inspect
 
 from cloud.db import alembic_config
 from cloud.tables import Base
@@ -69,21 +71,36 @@ def test_a_schema_made_from_the_tables_has_the_same_readings_table(tmp_path: Pat
     assert _table_sql(tmp_path / "c.db").rstrip().endswith("WITHOUT ROWID")
 
 
-def test_the_rejected_events_migration_makes_the_table_the_model_declares(tmp_path: Path) -> None:
-    engine = create_engine(f"sqlite:///{tmp_path / 'r.db'}")
+@contextlib.contextmanager
+def _at_heads(path: Path) -> Iterator[Engine]:
+    """A SQLite file migrated to every branch's head."""
+    engine = create_engine(f"sqlite:///{path}")
     try:
         with engine.begin() as conn:
             command.upgrade(alembic_config(conn), "heads")
-        with engine.connect() as conn:
-            ctx = MigrationContext.configure(conn, opts={"compare_type": True})
-            diffs = [d for d in compare_metadata(ctx, Base.metadata) if "rejected_events" in repr(d)]
-        assert diffs == []
-        with engine.begin() as conn:
-            command.downgrade(alembic_config(conn), "rejected_events@0001")
-        with engine.connect() as conn:
-            assert not conn.dialect.has_table(conn, "rejected_events")
+        yield engine
     finally:
         engine.dispose()
+
+
+def _differences(engine: Engine, table: str) -> list[object]:
+    """What the migrated ``table`` lacks or has beyond the models (compare_metadata), for that table."""
+    with engine.connect() as conn:
+        ctx = MigrationContext.configure(conn, opts={"compare_type": True})
+        return [d for d in compare_metadata(ctx, Base.metadata) if f"'{table}'" in repr(d)]
+
+
+def _downgrade(engine: Engine, target: str) -> None:
+    with engine.begin() as conn:
+        command.downgrade(alembic_config(conn), target)
+
+
+def test_the_rejected_events_migration_makes_the_table_the_model_declares(tmp_path: Path) -> None:
+    with _at_heads(tmp_path / "r.db") as engine:
+        assert _differences(engine, "rejected_events") == []
+        _downgrade(engine, "rejected_events@0001")
+        with engine.connect() as conn:
+            assert not conn.dialect.has_table(conn, "rejected_events")
 
 
 @pytest.mark.parametrize(
@@ -93,17 +110,12 @@ def test_the_rejected_events_migration_makes_the_table_the_model_declares(tmp_pa
 def test_a_column_migration_adds_what_the_model_declares_and_takes_it_away_again(
     tmp_path: Path, branch: str, table: str, column: str
 ) -> None:
-    engine = create_engine(f"sqlite:///{tmp_path / 'n.db'}")
-    try:
-        with engine.begin() as conn:
-            command.upgrade(alembic_config(conn), "heads")
+    def columns() -> set[str]:
         with engine.connect() as conn:
-            ctx = MigrationContext.configure(conn, opts={"compare_type": True})
-            assert [d for d in compare_metadata(ctx, Base.metadata) if f"'{table}'" in repr(d)] == []
-            assert column in {c["name"] for c in inspect(conn).get_columns(table)}
-        with engine.begin() as conn:
-            command.downgrade(alembic_config(conn), f"{branch}@0001")
-        with engine.connect() as conn:
-            assert column not in {c["name"] for c in inspect(conn).get_columns(table)}
-    finally:
-        engine.dispose()
+            return {c["name"] for c in inspect(conn).get_columns(table)}
+
+    with _at_heads(tmp_path / "n.db") as engine:
+        assert _differences(engine, table) == []
+        assert column in columns()
+        _downgrade(engine, f"{branch}@0001")
+        assert column not in columns()
