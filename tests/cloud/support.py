@@ -261,6 +261,7 @@ class Stream:
     """An open ``GET /api/v1/stream``: ``received`` is every (kind, data) read so far, in order."""
 
     lines: AsyncIterator[str]
+    content_type: str = ""
     received: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
 
     async def until(self, done: Any, timeout: float = 5) -> list[tuple[str, dict[str, Any]]]:
@@ -286,4 +287,4 @@ async def streaming(http: httpx.AsyncClient, **params: str) -> AsyncIterator[Str
         assert resp.status_code == 200, await resp.aread()
         lines = resp.aiter_lines()
         assert await asyncio.wait_for(anext(lines), 5) == ": connected"
-        yield Stream(lines)
+        yield Stream(lines, resp.headers.get("content-type", ""))

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
-import asyncio
-import json
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
 from protocol import CommandStatus, new_id
 from tests.cloud.conftest import PG_URL, pg_available
-from tests.cloud.support import FakeGateway, cloud_settings, eventually, make_batch, make_event, running_cloud
+from tests.cloud.support import (
+    FakeGateway,
+    cloud_settings,
+    eventually,
+    make_batch,
+    make_event,
+    running_cloud,
+    streaming,
+)
 
 
 @pytest.mark.parametrize("dialect", ["sqlite", "postgresql"])
@@ -79,25 +86,18 @@ async def test_stream_carries_events_and_command_updates(broker_port: int, sqlit
     ):
         await gw.send_status(online=True)
         await eventually(lambda: _has_device(cloud.http, "gate-1"))
-        received: list[tuple[str, dict[str, object]]] = []
-        async with cloud.http.stream("GET", "/api/v1/stream", params={"kinds": "event,command"}) as resp:
-            assert resp.headers["content-type"].startswith("text/event-stream")
-            lines = resp.aiter_lines()
-            assert await asyncio.wait_for(anext(lines), 5) == ": connected"
+        async with streaming(cloud.http, kinds="event,command") as stream:
+            assert stream.content_type.startswith("text/event-stream")
             await gw.send_batch(make_batch([make_event("gate-1", "gate.opened", 1)]))
             cmd = (await cloud.http.post("/api/v1/devices/gate-1/commands", json={"action": "close"})).json()
             await gw.answer(await gw.next_command(), CommandStatus.SUCCEEDED)
-            kind = ""
-            async with asyncio.timeout(5):
-                async for line in lines:
-                    if line.startswith("event: "):
-                        kind = line.removeprefix("event: ")
-                    elif line.startswith("data: "):
-                        received.append((kind, json.loads(line.removeprefix("data: "))))
-                        seen = {(k, d.get("status") or d.get("type")) for k, d in received}
-                        # Results have their own ingest lane: no order between the two is promised.
-                        if {("command", "succeeded"), ("event", "gate.opened")} <= seen:
-                            break
+
+            def both(got: list[tuple[str, dict[str, Any]]]) -> bool:
+                seen = {(k, d.get("status") or d.get("type")) for k, d in got}
+                # Results have their own ingest lane: no order between the two is promised.
+                return {("command", "succeeded"), ("event", "gate.opened")} <= seen
+
+            received = await stream.until(both)
         assert ("event", "gate.opened") in {(k, d.get("type")) for k, d in received}
         statuses = [d["status"] for k, d in received if k == "command" and d["id"] == cmd["id"]]
         assert statuses == ["sent", "succeeded"]
