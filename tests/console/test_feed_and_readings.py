@@ -95,3 +95,34 @@ async def test_events_the_cloud_refused_are_listed_with_why(tmp_path: Path) -> N
         await expect(row).to_contain_text("type")  # where validation failed
         await expect(row).to_contain_text('"Gate Closed"')  # the event as it was sent
         assert real_errors(console.errors) == []
+
+
+async def test_the_feed_catches_up_on_what_happened_while_the_stream_was_down(tmp_path: Path) -> None:
+    """The stream does not replay: an event stored while it was down (a network blip) reaches the feed
+    because the page reads the newest events again when the stream is back."""
+    from playwright.async_api import expect
+
+    async with running_console(tmp_path, [gate()]) as console:
+        stack = console.stack
+        await stack.wait_for("/api/v1/devices/east-gate")
+        await console.open()
+        await console.open_site("oak-garden")
+        page = console.page
+        await page.get_by_role("link", name="Events").click()
+        table = page.locator("#event-table tbody")
+        store = "/console/js/store.js"
+        await page.evaluate(f"import('{store}').then((m) => m.disconnectStream())")
+        await expect(page.locator("#live")).to_have_attribute("data-live", "off")
+
+        r = await stack.http.post("/api/v1/devices/east-gate/commands", json={"action": "open"})
+        assert r.status_code == 202, r.text
+        await stack.wait_for(
+            "/api/v1/events?device_id=east-gate&type=gate.opened", lambda r: len(r.json()["items"]) == 1
+        )
+        opened = table.locator('tr[data-type="gate.opened"]')
+        await expect(opened).to_have_count(0)  # not over the stream: it was down
+
+        await page.evaluate(f"import('{store}').then((m) => m.connectStream())")
+        await expect(page.locator("#live")).to_have_attribute("data-live", "on")
+        await expect(opened).to_have_count(1)
+        assert real_errors(console.errors) == []

@@ -256,6 +256,7 @@ export function disconnectStream() {
   if (source) source.close();
   source = null;
   store.live = false;
+  emit("live");
 }
 
 // ---- commands -------------------------------------------------------------------------------------

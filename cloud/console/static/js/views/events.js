@@ -132,7 +132,18 @@ export function renderEvents(root, siteId) {
   };
   load();
   refused.load(filters.site);
+  // Events stored while the stream was down never come over it: when it is back, read the newest again
+  // (merged by id, so nothing shows twice).
+  let dropped = false;
   return subscribe((what, ev) => {
+    if (what === "live") {
+      if (!store.live) dropped = true;
+      else if (dropped) {
+        dropped = false;
+        load();
+      }
+      return;
+    }
     if (what !== "event" || items.some((e) => e.id === ev.id)) return;
     items.unshift(ev);
     items.length = Math.min(items.length, 1000);
