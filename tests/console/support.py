@@ -140,6 +140,13 @@ class Console:
         await self.page.locator(f'#site-list li[data-site="{site_id}"] a.button').click()
         await expect(self.page.locator("#live")).to_have_attribute("data-live", "on", timeout=UI_TIMEOUT_MS)
 
+    async def open_events(self, site_id: str) -> Any:
+        """Sign in, open the estate and its Events page; the feed table's body (a playwright Locator)."""
+        await self.open()
+        await self.open_site(site_id)
+        await self.page.get_by_role("link", name="Events").click()
+        return self.page.locator("#event-table tbody")
+
 
 async def auth_available(stack: Stack) -> bool:
     r = await stack.http.post("/api/v1/auth/login", json={"username": "-", "password": "-"})

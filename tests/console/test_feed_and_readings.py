@@ -17,11 +17,8 @@ async def test_event_feed_is_live_and_filters_by_kind_and_severity(tmp_path: Pat
     async with running_console(tmp_path, [gate(), door()]) as console:
         stack = console.stack
         await stack.wait_for("/api/v1/devices/east-gate")
-        await console.open()
-        await console.open_site("oak-garden")
+        table = await console.open_events("oak-garden")
         page = console.page
-        await page.get_by_role("link", name="Events").click()
-        table = page.locator("#event-table tbody")
 
         # Opened from the API while the feed is on screen: the events arrive over the stream.
         r = await stack.http.post("/api/v1/devices/east-gate/commands", json={"action": "open"})
@@ -82,10 +79,8 @@ async def test_events_the_cloud_refused_are_listed_with_why(tmp_path: Path) -> N
         async with FakeGateway(stack.broker.port, site=site, gateway=gateway) as gw:
             await gw.send_raw("events", json.dumps(batch).encode())
             assert (await gw.next_ack()).rejected == 1
-        await console.open()
-        await console.open_site(site)
+        await console.open_events(site)
         page = console.page
-        await page.get_by_role("link", name="Events").click()
         refused = page.locator("#refused")
         await expect(refused.locator("summary")).to_contain_text("Events the cloud refused (1)")
         await refused.locator("summary").click()
@@ -105,11 +100,8 @@ async def test_the_feed_catches_up_on_what_happened_while_the_stream_was_down(tm
     async with running_console(tmp_path, [gate()]) as console:
         stack = console.stack
         await stack.wait_for("/api/v1/devices/east-gate")
-        await console.open()
-        await console.open_site("oak-garden")
+        table = await console.open_events("oak-garden")
         page = console.page
-        await page.get_by_role("link", name="Events").click()
-        table = page.locator("#event-table tbody")
         store = "/console/js/store.js"
         await page.evaluate(f"import('{store}').then((m) => m.disconnectStream())")
         await expect(page.locator("#live")).to_have_attribute("data-live", "off")
