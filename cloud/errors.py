@@ -3,6 +3,7 @@
 ::
 
     CloudError                 500 internal
+     ├── BadQuery              400 bad_query
      ├── NotFound              404 not_found
      ├── ActionNotAllowed      422 action_not_allowed
      └── BrokerUnavailable     503 broker_unavailable
@@ -25,6 +26,11 @@ class CloudError(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+
+
+class BadQuery(CloudError):
+    status = 400
+    code = "bad_query"
 
 
 class NotFound(CloudError):

@@ -52,6 +52,11 @@ class CommandOut(_Out):
     updated_at: datetime
 
 
+class CommandPage(BaseModel):
+    items: list[CommandOut]
+    next_cursor: str | None = Field(description="Pass as ?cursor= for the next page; null at the end")
+
+
 class CommandAuditOut(_Out):
     command_id: str
     operator: str
@@ -157,7 +162,12 @@ class ReadingsOut(BaseModel):
     series: list[ReadingSeries]
 
 
-def command_json(row: object) -> dict[str, Any]:
-    """A command row as the API shows it (also what SSE and long-polls carry)."""
+def command_out(row: object) -> CommandOut:
+    """A command row as the API shows it."""
     out = CommandOut.model_validate(row)
-    return out.model_copy(update={"final": CommandStatus(out.status).final}).model_dump(mode="json")
+    return out.model_copy(update={"final": CommandStatus(out.status).final})
+
+
+def command_json(row: object) -> dict[str, Any]:
+    """:func:`command_out` as JSON (also what SSE and long-polls carry)."""
+    return command_out(row).model_dump(mode="json")

@@ -124,7 +124,7 @@ class RejectedEvent(Base):
 class CommandRow(Base):
     __tablename__ = "commands"
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    device_id: Mapped[str] = mapped_column(String(64), index=True)
+    device_id: Mapped[str] = mapped_column(String(64))
     gateway_id: Mapped[str] = mapped_column(String(64))
     site_id: Mapped[str] = mapped_column(String(64))
     action: Mapped[str] = mapped_column(String(32))
@@ -138,7 +138,15 @@ class CommandRow(Base):
     expires_at: Mapped[datetime]
     updated_at: Mapped[datetime]
 
-    __table_args__ = (Index("ix_commands_status_expires", "status", "expires_at"),)
+    __table_args__ = (
+        Index("ix_commands_status_expires", "status", "expires_at"),
+        # The command log (GET /commands), newest first: by site (a console), by device, by operator,
+        # and all of them (an administrator). Migration 0010.
+        Index("ix_commands_site_issued", "site_id", "issued_at", "id"),
+        Index("ix_commands_device_issued", "device_id", "issued_at", "id"),
+        Index("ix_commands_issued_by", "issued_by", "issued_at", "id"),
+        Index("ix_commands_issued", "issued_at", "id"),
+    )
 
 
 class CommandAudit(Base):

@@ -33,6 +33,7 @@ from cloud.access import store
 from cloud.access.plan import SyncKind, plan_sync
 from cloud.access.schemas import CredentialCreate, CredentialPatch, VisitorPassCreate
 from cloud.access.tables import AccessSite, CredentialRow, GatewaySync
+from cloud.db import make_read_sessions
 from cloud.errors import CloudError, NotFound
 from cloud.ingest import Rejected
 from cloud.settings import CloudSettings
@@ -94,6 +95,7 @@ class AccessService:
     ) -> None:
         self.settings = settings
         self.sessions = sessions
+        self.read_sessions = make_read_sessions(sessions)
         self.mqtt = mqtt
         self.keep_changes = keep_changes
         self.resync_interval_s = resync_interval_s
@@ -241,7 +243,7 @@ class AccessService:
         return version
 
     async def get(self, site_id: str, credential_id: str) -> CredentialRow:
-        async with self.sessions() as s:
+        async with self.read_sessions() as s:
             return await self._row(s, site_id, credential_id)
 
     async def list(
@@ -261,7 +263,7 @@ class AccessService:
             query = query.where(CredentialRow.revoked.is_(revoked))
         if after is not None:
             query = query.where(CredentialRow.id > after)
-        async with self.sessions() as s:
+        async with self.read_sessions() as s:
             rows = list((await s.execute(query.order_by(CredentialRow.id).limit(limit + 1))).scalars())
             site = await s.get(AccessSite, site_id)
         version = site.version if site is not None else store.FIRST_VERSION
@@ -269,7 +271,7 @@ class AccessService:
 
     async def pass_events(self, site_id: str, credential_id: str) -> tuple[CredentialRow, list[EventRow]]:
         """A visitor pass and its ``access.granted``/``access.denied`` events, oldest first."""
-        async with self.sessions() as s:
+        async with self.read_sessions() as s:
             row = await self._row(s, site_id, credential_id)
             if not row.kind.startswith("visitor_"):
                 raise NotFound(f"{credential_id!r} is a {row.kind}, not a visitor pass")
@@ -403,7 +405,7 @@ class AccessService:
         reports, self._pending_gateways = self._pending_gateways, {}
         targets: dict[str, _Target] = {}
         if sites:
-            async with self.sessions() as s:
+            async with self.read_sessions() as s:
                 rows = (
                     await s.execute(
                         select(
@@ -434,7 +436,7 @@ class AccessService:
         """Queue gateways that reported an old version and were not sent anything for a while."""
         now = utcnow()
         quiet = now - timedelta(seconds=self.resync_interval_s)
-        async with self.sessions() as s:
+        async with self.read_sessions() as s:
             rows = (
                 await s.execute(
                     select(GatewaySync.gateway_id, GatewaySync.site_id, GatewaySync.reported_version)

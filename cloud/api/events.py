@@ -5,18 +5,14 @@ Only events of the caller's sites are listed; asking for another site by ``site_
 
 from __future__ import annotations
 
-import base64
-import binascii
-from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
-from sqlalchemy import Select, and_, or_, select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import and_, or_, select
 
-from cloud.api.deps import SessionDep
+from cloud.api.deps import ReadSessionDep
+from cloud.api.paging import BadCursor, decode, encode, older_than, page, time_cursor
 from cloud.auth.deps import CurrentUser, require_site, site_clause
-from cloud.errors import CloudError
 from cloud.schemas import ErrorOut, EventOut, EventPage, RejectedEventOut, RejectedEventPage
 from cloud.tables import EventRow, RejectedEvent
 
@@ -28,22 +24,6 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-class BadCursor(CloudError):
-    status = 400
-    code = "bad_cursor"
-
-
-def _encode(*parts: object) -> str:
-    return base64.urlsafe_b64encode("|".join(map(str, parts)).encode()).decode().rstrip("=")
-
-
-def _decode(cursor: str) -> list[str]:
-    try:
-        return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode().split("|")
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        raise BadCursor("cursor is not one this API returned") from None
-
-
 @router.get(
     "/events",
     response_model=EventPage,
@@ -52,7 +32,7 @@ def _decode(cursor: str) -> list[str]:
 async def list_events(
     *,
     user: CurrentUser,
-    session: SessionDep,
+    session: ReadSessionDep,
     device_id: str | None = None,
     type: Annotated[str | None, Query(max_length=64)] = None,
     site_id: str | None = None,
@@ -74,29 +54,21 @@ async def list_events(
     if device_id:
         query = query.order_by(EventRow.seq.desc(), EventRow.id.desc())
         if cursor:
-            parts = _decode(cursor)
-            if len(parts) != 3 or parts[0] != "s" or not parts[1].isdigit():
+            seq_text, last = decode(cursor, "s", 2)
+            if not seq_text.isdigit():
                 raise BadCursor("cursor does not belong to a per-device listing")
-            seq, last = int(parts[1]), parts[2]
+            seq = int(seq_text)
             query = query.where(or_(EventRow.seq < seq, and_(EventRow.seq == seq, EventRow.id < last)))
     else:
         query = query.order_by(EventRow.id.desc())
         if cursor:
-            parts = _decode(cursor)
-            if len(parts) != 2 or parts[0] != "i":
-                raise BadCursor("cursor does not belong to this listing")
-            query = query.where(EventRow.id < parts[1])
-    rows, tail = await _page(session, query, limit)
+            (last,) = decode(cursor, "i", 1)
+            query = query.where(EventRow.id < last)
+    rows, tail = await page(session, query, limit)
     next_cursor = None
     if tail is not None:
-        next_cursor = _encode("s", tail.seq, tail.id) if device_id else _encode("i", tail.id)
+        next_cursor = encode("s", tail.seq, tail.id) if device_id else encode("i", tail.id)
     return EventPage(items=[EventOut.model_validate(r) for r in rows], next_cursor=next_cursor)
-
-
-async def _page(session: AsyncSession, query: Select[Any], limit: int) -> tuple[list[Any], Any | None]:
-    """Up to ``limit`` rows of ``query``, and the last of them when more follow (the next cursor's)."""
-    rows = list((await session.execute(query.limit(limit + 1))).scalars())
-    return rows[:limit], (rows[limit - 1] if len(rows) > limit else None)
 
 
 @router.get(
@@ -107,7 +79,7 @@ async def _page(session: AsyncSession, query: Select[Any], limit: int) -> tuple[
 async def list_rejected_events(
     *,
     user: CurrentUser,
-    session: SessionDep,
+    session: ReadSessionDep,
     site_id: str | None = None,
     gateway_id: str | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
@@ -125,21 +97,9 @@ async def list_rejected_events(
         query = query.where(RejectedEvent.gateway_id == gateway_id)
     query = query.order_by(RejectedEvent.received_at.desc(), RejectedEvent.key.desc())
     if cursor:
-        parts = _decode(cursor)
-        if len(parts) != 3 or parts[0] != "r":
-            raise BadCursor("cursor does not belong to this listing")
-        try:
-            at = datetime.fromisoformat(parts[1])
-        except ValueError:
-            raise BadCursor("cursor is not one this API returned") from None
-        query = query.where(
-            or_(
-                RejectedEvent.received_at < at,
-                and_(RejectedEvent.received_at == at, RejectedEvent.key < parts[2]),
-            )
-        )
-    rows, tail = await _page(session, query, limit)
-    next_cursor = None if tail is None else _encode("r", tail.received_at.isoformat(), tail.key)
+        query = query.where(older_than(cursor, "r", RejectedEvent.received_at, RejectedEvent.key))
+    rows, tail = await page(session, query, limit)
+    next_cursor = None if tail is None else time_cursor("r", tail.received_at, tail.key)
     return RejectedEventPage(
         items=[RejectedEventOut.model_validate(r) for r in rows], next_cursor=next_cursor
     )

@@ -11,19 +11,15 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from sqlalchemy import func, select
 
-from cloud.api.deps import SessionDep
+from cloud.api.deps import ReadSessionDep
+from cloud.api.paging import require_aware
 from cloud.auth.deps import CurrentUser, require_site, site_clause
-from cloud.errors import CloudError, NotFound
+from cloud.errors import BadQuery, NotFound
 from cloud.schemas import Bucket, DeviceOut, ErrorOut, GatewayOut, ReadingSeries, ReadingsOut, SiteOut
 from cloud.tables import Device, Gateway, Reading, Site
 
 router = APIRouter(tags=["registry"], responses={401: {"model": ErrorOut}, 403: {"model": ErrorOut}})
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-class BadQuery(CloudError):
-    status = 400
-    code = "bad_query"
 
 
 def parse_bucket(text: str) -> int:
@@ -34,14 +30,14 @@ def parse_bucket(text: str) -> int:
 
 
 @router.get("/sites", response_model=list[SiteOut])
-async def list_sites(user: CurrentUser, session: SessionDep) -> list[SiteOut]:
+async def list_sites(user: CurrentUser, session: ReadSessionDep) -> list[SiteOut]:
     rows = await session.execute(select(Site).where(site_clause(user, Site.id)).order_by(Site.id))
     return [SiteOut.model_validate(r) for r in rows.scalars()]
 
 
 @router.get("/gateways", response_model=list[GatewayOut])
 async def list_gateways(
-    user: CurrentUser, session: SessionDep, site_id: str | None = None
+    user: CurrentUser, session: ReadSessionDep, site_id: str | None = None
 ) -> list[GatewayOut]:
     query = select(Gateway).where(site_clause(user, Gateway.site_id)).order_by(Gateway.site_id, Gateway.id)
     if site_id:
@@ -53,7 +49,7 @@ async def list_gateways(
 @router.get("/devices", response_model=list[DeviceOut])
 async def list_devices(
     user: CurrentUser,
-    session: SessionDep,
+    session: ReadSessionDep,
     site_id: str | None = None,
     gateway_id: str | None = None,
     kind: str | None = None,
@@ -70,7 +66,7 @@ async def list_devices(
 
 
 @router.get("/devices/{device_id}", response_model=DeviceOut, responses={404: {"model": ErrorOut}})
-async def get_device(device_id: str, user: CurrentUser, session: SessionDep) -> DeviceOut:
+async def get_device(device_id: str, user: CurrentUser, session: ReadSessionDep) -> DeviceOut:
     row = await session.get(Device, device_id)
     if row is None:
         raise NotFound(f"no device {device_id!r}")
@@ -87,7 +83,7 @@ async def get_readings(
     *,
     device_id: str,
     user: CurrentUser,
-    session: SessionDep,
+    session: ReadSessionDep,
     from_: Annotated[datetime | None, Query(alias="from")] = None,
     to: datetime | None = None,
     bucket: Annotated[str, Query(description="30s, 15m, 1h, 1d")] = "1h",
@@ -99,9 +95,7 @@ async def get_readings(
         raise NotFound(f"no device {device_id!r}")
     require_site(user, device.site_id)
     size_ms = parse_bucket(bucket) * 1000
-    for name, value in (("from", from_), ("to", to)):
-        if value is not None and value.tzinfo is None:
-            raise BadQuery(f"{name} must carry a time zone, e.g. 2026-01-01T00:00:00Z")
+    require_aware(("from", from_), ("to", to))
     start = (Reading.ts_ms - Reading.ts_ms % size_ms).label("start")
     query = select(
         Reading.point,

@@ -10,7 +10,7 @@ browser's ``EventSource`` cannot set headers.
 Typical use::
 
     @router.get("/things/{thing_id}")
-    async def get_thing(thing_id: str, user: CurrentUser, session: SessionDep) -> ThingOut:
+    async def get_thing(thing_id: str, user: CurrentUser, session: ReadSessionDep) -> ThingOut:
         row = ...                                             # 404 if missing
         require_site(user, row.site_id, Permission.READ)      # 403 (audited) if not the user's site
         ...

@@ -73,7 +73,7 @@ def _problems(exc: ValidationError) -> str:
 
 
 async def _gateway(services: Any, gateway_id: str) -> Gateway:
-    async with services.sessions() as session:
+    async with services.read_sessions() as session:
         gateway = await session.get(Gateway, gateway_id)
     if gateway is None:
         raise NotFound(f"no gateway {gateway_id!r}; register it first (steward commission register)")
@@ -161,7 +161,7 @@ async def get_reports(
     """The gateway's latest commissioning report and the list of uploads, newest first."""
     gateway = await _gateway(services, gateway_id)
     require_site(user, gateway.site_id, Permission.READ)
-    async with services.sessions() as session:
+    async with services.read_sessions() as session:
         rows = (
             (
                 await session.execute(

@@ -21,6 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from cloud import db
+from cloud.db import make_read_sessions
 from cloud.errors import CloudError, NotFound
 from cloud.hub import Hub
 from cloud.workorders import intake, lifecycle, report, store
@@ -86,6 +87,7 @@ class WorkOrderService:
             rules = loaded_rules if rules is None else rules
             plan = loaded_plan if plan is None else plan
         self.sessions = sessions
+        self.read_sessions = make_read_sessions(sessions)
         self.settings = settings
         self.rules = rules
         self.plan = plan
@@ -252,7 +254,7 @@ class WorkOrderService:
             return
         now = self.clock()
         try:
-            async with self.sessions() as session:
+            async with self.read_sessions() as session:
                 found = await session.execute(select(WorkOrder).where(WorkOrder.id.in_(wanted)))
                 rows = list(found.scalars())
         except SQLAlchemyError as exc:
@@ -280,7 +282,7 @@ class WorkOrderService:
 
     async def detail(self, work_order_id: int) -> WorkOrderDetail:
         now = self.clock()
-        async with self.sessions() as session:
+        async with self.read_sessions() as session:
             wo = await session.get(WorkOrder, work_order_id)
             if wo is None:
                 raise NotFound(f"no work order {work_order_id}")
@@ -331,7 +333,7 @@ class WorkOrderService:
         if cursor:
             query = query.where(WorkOrder.id < _decode(cursor))
         now = self.clock()
-        async with self.sessions() as session:
+        async with self.read_sessions() as session:
             rows = list((await session.execute(query.limit(limit + 1))).scalars())
         more = len(rows) > limit
         rows = rows[:limit]
@@ -348,7 +350,7 @@ class WorkOrderService:
             query = query.where(WorkOrder.created_at >= start)
         if end:
             query = query.where(WorkOrder.created_at < end)
-        async with self.sessions() as session:
+        async with self.read_sessions() as session:
             rows = list((await session.execute(query)).scalars())
         return report.build(rows, self.clock(), site, start, end)
 

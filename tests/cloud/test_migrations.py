@@ -119,3 +119,15 @@ def test_a_column_migration_adds_what_the_model_declares_and_takes_it_away_again
         assert column in columns()
         _downgrade(engine, f"{branch}@0001")
         assert column not in columns()
+
+
+def test_the_command_log_migration_makes_the_indexes_the_model_declares(tmp_path: Path) -> None:
+    def indexes() -> set[str]:
+        with engine.connect() as conn:
+            return {i["name"] for i in inspect(conn).get_indexes("commands")}
+
+    with _at_heads(tmp_path / "c.db") as engine:
+        assert _differences(engine, "commands") == []
+        assert {"ix_commands_site_issued", "ix_commands_issued"} <= indexes()
+        _downgrade(engine, "command_log@0001")
+        assert indexes() == {"ix_commands_device_id", "ix_commands_status_expires"}
