@@ -107,3 +107,53 @@ async def test_switch_to_chinese(tmp_path: Path) -> None:
         await page.get_by_role("button", name="English").click()
         await expect(page.get_by_role("heading", name="Gates and doors")).to_be_visible()
         assert real_errors(console.errors) == []
+
+
+async def test_the_log_shows_what_colleagues_did_before_and_after_the_page_opened(tmp_path: Path) -> None:
+    from playwright.async_api import expect
+
+    from cloud.auth import Role, create_user
+
+    async with running_console(tmp_path, [gate(), door()]) as console:
+        stack = console.stack
+        await closed_gate(stack)
+        password = await create_user(stack.cloud_settings, "wang", role=Role.OPERATOR, sites=["oak-garden"])
+        login = await stack.http.post("/api/v1/auth/login", json={"username": "wang", "password": password})
+        colleague = {"Authorization": f"Bearer {login.json()['access_token']}"}
+
+        async def colleague_does(device_id: str, action: str) -> None:
+            r = await stack.http.post(
+                f"/api/v1/devices/{device_id}/commands?wait=5", json={"action": action}, headers=colleague
+            )
+            assert (r.status_code, r.json()["status"]) == (202, "succeeded"), r.text
+
+        # Before this operator opens the estate, a colleague holds the lobby door unlocked.
+        await colleague_does("door-b1-lobby", "hold_unlocked")
+        await console.open()
+        await console.open_site("oak-garden")
+        page = console.page
+        log = page.locator("#command-log li")
+        # The cycle the test made as admin, then the colleague's: newest first, each with who sent it.
+        await expect(log).to_have_count(3)
+        await expect(log.nth(0)).to_contain_text("Hold open — succeeded")
+        await expect(log.nth(0)).to_contain_text("by wang")
+        await expect(log.nth(1)).to_contain_text("Close gate — succeeded")
+        await expect(log.nth(1)).to_contain_text("by admin")
+        lobby = page.locator("#device-door-b1-lobby")
+        await expect(lobby).to_have_attribute("data-lock", "unlocked")
+        await expect(lobby.locator(".last-command")).to_contain_text("by wang")
+
+        # While the page is open: the colleague opens the gate; the log and the card follow at once.
+        await colleague_does("east-gate", "open")
+        await expect(log).to_have_count(4)
+        await expect(log.nth(0)).to_contain_text("Open gate — succeeded")
+        await expect(log.nth(0)).to_contain_text("by wang")
+        card = page.locator("#device-east-gate")
+        await expect(card).to_have_attribute("data-gate", "open")
+        await expect(card.locator(".last-command")).to_contain_text("Open gate — succeeded")
+
+        # A reload keeps the log: it comes from the cloud, not from this page's memory.
+        await page.reload()
+        await expect(log).to_have_count(4)
+        await expect(log.nth(0)).to_contain_text("by wang")
+        assert real_errors(console.errors) == []

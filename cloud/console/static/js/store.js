@@ -1,4 +1,5 @@
-// What the console knows: estates, devices with live state, commands it sent, intercom calls waiting.
+// What the console knows: estates, devices with live state, the estates' recent commands (every
+// operator's), intercom calls waiting.
 // Fed by the HTTP API once and then by the /stream server-sent events; views subscribe to changes.
 
 import { get, post, streamUrl } from "./api.js";
@@ -59,13 +60,16 @@ export const FINAL = new Set(["succeeded", "failed", "rejected", "expired", "err
 const CALL_END = new Set(["intercom.call_answered", "intercom.call_ended", "intercom.call_missed"]);
 const CALL_WINDOW_MS = 2 * 3600 * 1000;
 const LONG_POLL_S = 5;
+// The command log read when an estate opens, and how many commands the console keeps at most.
+const COMMAND_LOG = 30;
+const COMMANDS_KEPT = 300;
 
 export const store = {
   authOn: false,
   user: null,
   sites: [],
   devices: new Map(),
-  commands: new Map(), // id -> {command, label, deviceId, callId, error}
+  commands: new Map(), // id -> {command, action, deviceId, callId, sentAt}
   calls: new Map(), // call_id -> {call_id, device_id, site_id, target, apartment, started_at, location}
   handledCalls: new Set(),
   live: false,
@@ -288,14 +292,39 @@ function applyResultState(record) {
   emit("device", dev);
 }
 
+// The estate's log: what every operator did there, also before this page was loaded. Oldest first, so
+// that the newest result decides what the board shows of a door's lock or a gate's hold.
+export async function loadCommands(siteId) {
+  const page = await get("/commands", { site_id: siteId, limit: COMMAND_LOG });
+  for (const cmd of page.items.slice().reverse()) applyCommand(cmd);
+}
+
+function forget() {
+  if (store.commands.size <= COMMANDS_KEPT) return;
+  const done = [...store.commands.entries()]
+    .filter(([, r]) => FINAL.has(r.command.status))
+    .sort(([, a], [, b]) => a.sentAt - b.sentAt);
+  for (const [id] of done.slice(0, store.commands.size - COMMANDS_KEPT)) store.commands.delete(id);
+}
+
 export function applyCommand(cmd) {
-  const record = store.commands.get(cmd.id);
-  if (!record) return; // not sent from this console
+  let record = store.commands.get(cmd.id);
+  if (!record) {
+    // A colleague's command (the stream, the log) or one sent before a reload: shown, and its result
+    // applied to the board, as if sent from here.
+    record = { command: cmd, action: cmd.action, deviceId: cmd.device_id, sentAt: Date.parse(cmd.issued_at) };
+    store.commands.set(cmd.id, record);
+    forget();
+    applyResultState(record);
+    emit("command", record);
+    return;
+  }
   const order = ["pending", "sent", "accepted"];
   const was = record.command.status;
   if (FINAL.has(was) && was !== cmd.status) return; // never out of a final state
   if (!FINAL.has(cmd.status) && order.indexOf(cmd.status) < order.indexOf(was)) return;
   record.command = cmd;
+  record.sentAt = Date.parse(cmd.issued_at) || record.sentAt; // the cloud's clock orders the log
   if (cmd.status !== was) applyResultState(record);
   if (cmd.status === "succeeded" && record.callId) {
     store.handledCalls.add(record.callId);
@@ -340,7 +369,9 @@ export async function sendCommand(device, action, args, reason, { callId } = {})
     return record;
   }
   store.commands.delete(local);
-  record.command = { ...placeholder, status: "sent" };
+  // The stream may have brought the command (even its result) before this answer.
+  const early = store.commands.get(cmd.id);
+  record.command = early ? early.command : { ...placeholder, status: "sent" };
   store.commands.set(cmd.id, record);
   applyCommand(cmd);
   follow(record).catch((exc) => console.error("command follow failed", exc));

@@ -1,5 +1,5 @@
 // One estate's board: gates and doors with live state and one-click actions, intercom calls waiting,
-// and the outcome of every command this console sent.
+// and the estate's recent commands, whoever sent them, with their outcome.
 
 import { clear, confirmDialog, h, notify, upsert } from "../dom.js";
 import { deviceLabel, formatDuration, formatTime, locationText, t, word } from "../i18n.js";
@@ -10,6 +10,7 @@ import {
   devicesOf,
   lastCommandFor,
   loadCalls,
+  loadCommands,
   sendCommand,
   siteTz,
   store,
@@ -63,6 +64,7 @@ export function commandLine(record, tz) {
     reason && !["succeeded"].includes(cmd.status) ? h("span", { class: "reason" }, ` (${t("command.reason", { reason })})`) : null,
     " ",
     h("time", { datetime: new Date(record.sentAt).toISOString() }, formatTime(new Date(record.sentAt).toISOString(), tz)),
+    cmd.issued_by ? h("span", { class: "by" }, ` ${t("command.by", { user: cmd.issued_by })}`) : null,
   );
 }
 
@@ -88,7 +90,8 @@ function deviceCard(dev, tz) {
   }
   rows.push([t("state.link"), badge("link", linkValue(dev))]);
   const last = lastCommandFor(dev.id);
-  const busy = last && !FINAL.has(last.command.status);
+  // A command still under way (this operator's or a colleague's) holds the buttons until its expiry.
+  const busy = last && !FINAL.has(last.command.status) && !(Date.now() > Date.parse(last.command.expires_at));
   const title = deviceLabel(dev);
   return h(
     "article",
@@ -253,10 +256,14 @@ export function renderBoard(root, siteId) {
   drawDevices();
   drawCalls();
   drawCommands();
-  loadCalls(siteId).catch((exc) => notify(t("error.api", { status: exc.status, message: exc.message }), "error"));
+  const failed = (exc) => notify(t("error.api", { status: exc.status, message: exc.message }), "error");
+  loadCalls(siteId).catch(failed);
+  loadCommands(siteId).catch(failed);
 
   const unsubscribe = subscribe((what, data) => {
     if (what === "devices") drawDevices();
+    // What colleagues did while the stream was down.
+    else if (what === "live" && store.live) loadCommands(siteId).catch(() => {});
     else if (what === "device" && data.site_id === siteId && BOARD_KINDS.includes(data.kind)) {
       upsert(data.kind === "barrier_gate" ? gates : doors, deviceCard(data, tz));
     } else if (what === "calls") drawCalls();
