@@ -141,6 +141,24 @@ class SiteOut(_Out):
     timezone: str | None = Field(description="IANA zone its site config names; consoles show its times in it")
     created_at: datetime
     updated_at: datetime
+    devices: dict[str, int] = Field(
+        default_factory=dict, description='How many devices of each kind it has, e.g. {"barrier_gate": 2}'
+    )
+
+
+class SitePage(BaseModel):
+    items: list[SiteOut]
+    next_cursor: str | None = Field(description="Pass as ?cursor= for the next page; null at the end")
+
+
+class GatewayPage(BaseModel):
+    items: list[GatewayOut]
+    next_cursor: str | None = Field(description="Pass as ?cursor= for the next page; null at the end")
+
+
+class DevicePage(BaseModel):
+    items: list[DeviceOut]
+    next_cursor: str | None = Field(description="Pass as ?cursor= for the next page; null at the end")
 
 
 class Bucket(BaseModel):

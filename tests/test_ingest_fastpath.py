@@ -549,9 +549,7 @@ async def test_running_cloud_opens_work_order_for_reading_above_limit(tmp_path: 
                 items: list[dict[str, Any]] = (await cloud.http.get("/api/v1/work-orders")).json()["items"]
                 # The maintenance plan's schedules open work orders of their own when due on the
                 # day the test runs: only the rules' are this test's.
-                by_rule = [i for i in items if i["rule_id"] is not None]
-                assert by_rule
-                return by_rule
+                return [i for i in items if i["rule_id"] is not None]
 
             [wo] = await eventually(opened)
             assert (wo["rule_id"], wo["device_id"], wo["data"]["power_w"]) == (

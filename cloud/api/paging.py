@@ -8,7 +8,7 @@ import binascii
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, or_
+from sqlalchemy import ColumnElement, Select, and_, or_, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cloud.errors import BadQuery, CloudError
@@ -48,6 +48,18 @@ def older_than(cursor: str, tag: str, at: Any, key: Any) -> ColumnElement[bool]:
 
 def time_cursor(tag: str, at: datetime, key: str) -> str:
     return encode(tag, at.isoformat(), key)
+
+
+def after(cursor: str, tag: str, *key: Any) -> ColumnElement[bool]:
+    """For a list in ascending order of the string columns ``key``: the rows after the one a
+    :func:`key_cursor` cursor names (a row-value comparison, which both SQLite and PostgreSQL index)."""
+    last = decode(cursor, tag, len(key))
+    clause: ColumnElement[bool] = tuple_(*key) > tuple_(*last) if len(key) > 1 else key[0] > last[0]
+    return clause
+
+
+def key_cursor(tag: str, *values: str) -> str:
+    return encode(tag, *values)
 
 
 async def page(session: AsyncSession, query: Select[Any], limit: int) -> tuple[list[Any], Any | None]:

@@ -1,6 +1,7 @@
 """Sites, gateways, devices (with live state) and device readings history.
 
-Lists show the caller's sites only (``site_id`` of another site: 403); a device of another site: 403."""
+Lists page by cursor (``limit``, ``next_cursor``) and show the caller's sites only (``site_id`` of
+another site: 403); a device of another site: 403."""
 
 from __future__ import annotations
 
@@ -12,10 +13,21 @@ from fastapi import APIRouter, Query
 from sqlalchemy import func, select
 
 from cloud.api.deps import ReadSessionDep
-from cloud.api.paging import require_aware
+from cloud.api.paging import after, key_cursor, page, require_aware
 from cloud.auth.deps import CurrentUser, require_site, site_clause
 from cloud.errors import BadQuery, NotFound
-from cloud.schemas import Bucket, DeviceOut, ErrorOut, GatewayOut, ReadingSeries, ReadingsOut, SiteOut
+from cloud.schemas import (
+    Bucket,
+    DeviceOut,
+    DevicePage,
+    ErrorOut,
+    GatewayOut,
+    GatewayPage,
+    ReadingSeries,
+    ReadingsOut,
+    SiteOut,
+    SitePage,
+)
 from cloud.tables import Device, Gateway, Reading, Site
 
 router = APIRouter(tags=["registry"], responses={401: {"model": ErrorOut}, 403: {"model": ErrorOut}})
@@ -29,31 +41,70 @@ def parse_bucket(text: str) -> int:
     return int(match[1]) * _UNITS[match[2]]
 
 
-@router.get("/sites", response_model=list[SiteOut])
-async def list_sites(user: CurrentUser, session: ReadSessionDep) -> list[SiteOut]:
-    rows = await session.execute(select(Site).where(site_clause(user, Site.id)).order_by(Site.id))
-    return [SiteOut.model_validate(r) for r in rows.scalars()]
+_LIMIT = Query(ge=1, le=1000, description="At most this many; the next page through next_cursor")
 
 
-@router.get("/gateways", response_model=list[GatewayOut])
+@router.get("/sites", response_model=SitePage, responses={400: {"model": ErrorOut}})
+async def list_sites(
+    user: CurrentUser,
+    session: ReadSessionDep,
+    limit: Annotated[int, _LIMIT] = 500,
+    cursor: str | None = None,
+) -> SitePage:
+    """The caller's estates by id, each with how many devices of each kind it has (an operations
+    centre's list of estates, without reading every device)."""
+    query = select(Site).where(site_clause(user, Site.id)).order_by(Site.id)
+    if cursor:
+        query = query.where(after(cursor, "s", Site.id))
+    rows, tail = await page(session, query, limit)
+    counts: dict[str, dict[str, int]] = {}
+    if rows:
+        by_kind = (
+            select(Device.site_id, Device.kind, func.count())
+            .where(Device.site_id.in_([r.id for r in rows]))
+            .group_by(Device.site_id, Device.kind)
+        )
+        for site_id, kind, n in (await session.execute(by_kind)).all():
+            counts.setdefault(site_id, {})[kind] = n
+    return SitePage(
+        items=[SiteOut.model_validate(r).model_copy(update={"devices": counts.get(r.id, {})}) for r in rows],
+        next_cursor=None if tail is None else key_cursor("s", tail.id),
+    )
+
+
+@router.get("/gateways", response_model=GatewayPage, responses={400: {"model": ErrorOut}})
 async def list_gateways(
-    user: CurrentUser, session: ReadSessionDep, site_id: str | None = None
-) -> list[GatewayOut]:
+    user: CurrentUser,
+    session: ReadSessionDep,
+    site_id: str | None = None,
+    limit: Annotated[int, _LIMIT] = 500,
+    cursor: str | None = None,
+) -> GatewayPage:
     query = select(Gateway).where(site_clause(user, Gateway.site_id)).order_by(Gateway.site_id, Gateway.id)
     if site_id:
         require_site(user, site_id)
         query = query.where(Gateway.site_id == site_id)
-    return [GatewayOut.model_validate(r) for r in (await session.execute(query)).scalars()]
+    if cursor:
+        query = query.where(after(cursor, "g", Gateway.site_id, Gateway.id))
+    rows, tail = await page(session, query, limit)
+    return GatewayPage(
+        items=[GatewayOut.model_validate(r) for r in rows],
+        next_cursor=None if tail is None else key_cursor("g", tail.site_id, tail.id),
+    )
 
 
-@router.get("/devices", response_model=list[DeviceOut])
+@router.get("/devices", response_model=DevicePage, responses={400: {"model": ErrorOut}})
 async def list_devices(
+    *,
     user: CurrentUser,
     session: ReadSessionDep,
     site_id: str | None = None,
     gateway_id: str | None = None,
     kind: str | None = None,
-) -> list[DeviceOut]:
+    limit: Annotated[int, _LIMIT] = 500,
+    cursor: str | None = None,
+) -> DevicePage:
+    """Devices with their live state, by estate then id; a console reads one estate's (``site_id``)."""
     query = select(Device).where(site_clause(user, Device.site_id)).order_by(Device.site_id, Device.id)
     if site_id:
         require_site(user, site_id)
@@ -62,7 +113,13 @@ async def list_devices(
         query = query.where(Device.gateway_id == gateway_id)
     if kind:
         query = query.where(Device.kind == kind)
-    return [DeviceOut.model_validate(r) for r in (await session.execute(query)).scalars()]
+    if cursor:
+        query = query.where(after(cursor, "d", Device.site_id, Device.id))
+    rows, tail = await page(session, query, limit)
+    return DevicePage(
+        items=[DeviceOut.model_validate(r) for r in rows],
+        next_cursor=None if tail is None else key_cursor("d", tail.site_id, tail.id),
+    )
 
 
 @router.get("/devices/{device_id}", response_model=DeviceOut, responses={404: {"model": ErrorOut}})

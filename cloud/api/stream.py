@@ -1,7 +1,8 @@
 """Server-sent events: stored events and command, gateway and work order changes as they happen, on
 whichever cloud instance they happened (see :mod:`cloud.fanout`).
 
-A caller sees only messages of their sites. Browsers' ``EventSource`` cannot set headers, so this route
+A caller sees only messages of their sites, or of the one ``site_id`` names (a console on one estate
+need not carry every estate's meter readings). Browsers' ``EventSource`` cannot set headers, so this route
 also takes the token as ``?access_token=``; the stream ends when that token expires or is revoked
 (checked at every heartbeat)."""
 
@@ -16,7 +17,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 
 from cloud.api.deps import ServicesDep
-from cloud.auth.deps import CurrentUser, auth_service, token_from
+from cloud.auth.deps import CurrentUser, auth_service, require_site, token_from
 from cloud.auth.permissions import Permission
 from cloud.tables import Gateway
 
@@ -34,11 +35,14 @@ async def stream(
         str, Query(description="Comma-separated: event, command, gateway, work_order")
     ] = "event,command,gateway",
     device_id: str | None = None,
+    site_id: str | None = None,
     access_token: Annotated[
         str | None, Query(description="For EventSource, which cannot send Authorization")
     ] = None,
 ) -> StreamingResponse:
     wanted = {k.strip() for k in kinds.split(",") if k.strip()}
+    if site_id:
+        require_site(user, site_id)
     hub = services.hub
     sites = user.sites_with(Permission.READ)
     token = token_from(request.headers, request.url.path, request.scope.get("query_string", b""))
@@ -71,8 +75,10 @@ async def stream(
                     continue
                 if device_id and message["data"].get("device_id") not in (None, device_id):
                     continue
-                if sites is not None and await site_of(message["data"]) not in sites:
-                    continue
+                if sites is not None or site_id:
+                    site = await site_of(message["data"])
+                    if (sites is not None and site not in sites) or (site_id and site != site_id):
+                        continue
                 yield f"event: {message['kind']}\ndata: {json.dumps(message['data'])}\n\n"
 
     return StreamingResponse(body(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})

@@ -199,17 +199,27 @@ class CloudClient:
     def gateway(self, site_id: str, gateway_id: str) -> dict[str, Any] | None:
         """The cloud's record of the gateway, or None if it has none (or the caller may not see it)."""
         what = "looking up the gateway"
-        try:
-            response = self._request("GET", "/gateways", what, params={"site_id": site_id})
-        except CloudFailure as exc:
-            if exc.status == 403:
-                return None  # registering is refused too, and says why in its own words
-            raise
-        with contextlib.suppress(ValueError, TypeError, KeyError):
-            for g in response.json():
-                if g["id"] == gateway_id:
-                    return dict(g)
-        return None
+        params = {"site_id": site_id}
+        while True:
+            try:
+                response = self._request("GET", "/gateways", what, params=params)
+            except CloudFailure as exc:
+                if exc.status == 403:
+                    return None  # registering is refused too, and says why in its own words
+                raise
+            try:
+                body = response.json()
+                # A page since 2026-11-24; a plain list from a cloud before it.
+                page = body if isinstance(body, dict) else {"items": body, "next_cursor": None}
+                items, cursor = page["items"], page["next_cursor"]
+                for g in items:
+                    if g["id"] == gateway_id:
+                        return dict(g)
+            except (ValueError, TypeError, KeyError):
+                raise CloudFailure(f"{what}: the cloud's answer is not a list of gateways", 1) from None
+            if not cursor:
+                return None
+            params = {"site_id": site_id, "cursor": cursor}
 
     def register(
         self, site_id: str, gateway_id: str, site_name: str | None, device_ids: list[str] | None = None

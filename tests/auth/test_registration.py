@@ -45,9 +45,9 @@ async def test_installer_registers_a_gateway_and_its_credentials_work(
         assert creds["broker_username"] == f"{GW}@{SITE}"
         assert creds["command_public_key"] == key["public_key"]
         assert (creds["topic_prefix"], creds["rotated"]) == ("steward", False)
-        gateways = (await c.http.get("/api/v1/gateways", headers=ian)).json()
+        gateways = (await c.http.get("/api/v1/gateways", headers=ian)).json()["items"]
         assert [(g["id"], g["site_id"], g["online"]) for g in gateways] == [(GW, SITE, False)]
-        sites = (await c.http.get("/api/v1/sites", headers=ian)).json()
+        sites = (await c.http.get("/api/v1/sites", headers=ian)).json()["items"]
         assert [(s["id"], s["name"]) for s in sites] == [(SITE, "Oak Garden")]
 
         # The credentials open a broker that enforces the registered accounts, for this gateway's topics.

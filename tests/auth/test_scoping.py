@@ -27,7 +27,7 @@ async def _two_estates(c: App, gw_a: FakeGateway, gw_b: FakeGateway) -> None:
     admin = await c.user("root", Role.ADMIN)
 
     async def both_registered() -> bool:
-        devices = (await c.http.get("/api/v1/devices", headers=admin)).json()
+        devices = (await c.http.get("/api/v1/devices", headers=admin)).json()["items"]
         return {"gate-1", "gate-b"} <= {d["id"] for d in devices}
 
     await eventually(both_registered)
@@ -52,13 +52,14 @@ async def test_operator_of_a_is_refused_everything_at_b_and_it_is_audited(
         get = c.http.get
 
         # Lists are filtered to estate A.
-        assert [s["id"] for s in (await get("/api/v1/sites", headers=op)).json()] == [A]
-        assert [g["id"] for g in (await get("/api/v1/gateways", headers=op)).json()] == ["gw-1"]
-        assert "gate-b" not in {d["id"] for d in (await get("/api/v1/devices", headers=op)).json()}
+        assert [s["id"] for s in (await get("/api/v1/sites", headers=op)).json()["items"]] == [A]
+        assert [g["id"] for g in (await get("/api/v1/gateways", headers=op)).json()["items"]] == ["gw-1"]
+        assert "gate-b" not in {d["id"] for d in (await get("/api/v1/devices", headers=op)).json()["items"]}
         events = (await get("/api/v1/events", headers=op)).json()["items"]
         assert {e["site_id"] for e in events} == {A}
         assert (await get("/api/v1/events", params={"device_id": "gate-b"}, headers=op)).json()["items"] == []
-        assert {d["id"] for d in (await get("/api/v1/devices", headers=admin)).json()} >= {"gate-1", "gate-b"}
+        every = (await get("/api/v1/devices", headers=admin)).json()["items"]
+        assert {d["id"] for d in every} >= {"gate-1", "gate-b"}
 
         # Anything at B by name: 403.
         await _forbidden(await get("/api/v1/devices/gate-b", headers=op))
@@ -66,6 +67,8 @@ async def test_operator_of_a_is_refused_everything_at_b_and_it_is_audited(
         await _forbidden(await get("/api/v1/devices", params={"site_id": B}, headers=op))
         await _forbidden(await get("/api/v1/events", params={"site_id": B}, headers=op))
         await _forbidden(await get("/api/v1/gateways", params={"site_id": B}, headers=op))
+        await _forbidden(await get("/api/v1/commands", params={"site_id": B}, headers=op))
+        await _forbidden(await get("/api/v1/stream", params={"site_id": B}, headers=op))
         refused = await c.http.post("/api/v1/devices/gate-b/commands", json={"action": "open"}, headers=op)
         await _forbidden(refused)
         # A command at B issued by the admin is not the operator's to read either.
@@ -101,7 +104,7 @@ async def test_operator_of_a_is_refused_everything_at_b_and_it_is_audited(
 
         audit = (await get("/api/v1/auth/audit", params={"username": "op-a"}, headers=admin)).json()
         refusals = [a for a in audit if a["action"] == "forbidden"]
-        assert len(refusals) == 9
+        assert len(refusals) == 11
         assert {a["site_id"] for a in refusals} == {B}
         assert {a["permission"] for a in refusals} == {"read", "command", "register_gateway"}
         assert "POST /api/v1/devices/gate-b/commands" in {a["detail"] for a in refusals}

@@ -45,7 +45,7 @@ async def test_the_log_lists_every_operators_commands_newest_first(
         await gw_b.send_status(online=True, devices=[DeviceInfo(id="gate-b", kind="barrier_gate", model="g")])
 
         async def registered() -> bool:
-            devices = (await http.get("/api/v1/devices")).json()
+            devices = (await http.get("/api/v1/devices")).json()["items"]
             return {"gate-1", "door-1", "gate-b"} <= {d["id"] for d in devices}
 
         await eventually(registered)

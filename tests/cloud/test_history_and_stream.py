@@ -73,7 +73,7 @@ async def test_gateway_with_wrong_clock_is_flagged(broker_port: int, sqlite_url:
         ahead = datetime.now(UTC) + timedelta(minutes=10)
         await gw.send_batch(make_batch([make_event("gate-1", "gate.opened", 1)], sent_at=ahead))
         await gw.next_ack()
-        (gateway,) = (await cloud.http.get("/api/v1/gateways")).json()
+        (gateway,) = (await cloud.http.get("/api/v1/gateways")).json()["items"]
         assert gateway["clock_skewed"] is True
         assert gateway["clock_skew_s"] == pytest.approx(600, abs=5)
         assert "steward_cloud_gateways_clock_skewed 1" in (await cloud.http.get("/metrics")).text

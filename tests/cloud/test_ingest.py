@@ -79,7 +79,7 @@ async def test_status_registers_devices_and_last_will_marks_gateway_offline(
         await gw.send_status(online=True)
 
         async def registered() -> list[dict[str, object]]:
-            return (await cloud.http.get("/api/v1/devices")).json()
+            return (await cloud.http.get("/api/v1/devices")).json()["items"]
 
         devices = await eventually(registered)
         assert {d["id"]: d["kind"] for d in devices} == {
@@ -91,17 +91,17 @@ async def test_status_registers_devices_and_last_will_marks_gateway_offline(
         # What people call it, for the console; a device the config does not name has none.
         names = {d["id"]: d["name"] for d in devices}
         assert names == {"gate-1": "North gate, inbound (北门入口道闸)", "door-1": None, "meter-1": None}
-        sites = (await cloud.http.get("/api/v1/sites")).json()
+        sites = (await cloud.http.get("/api/v1/sites")).json()["items"]
         assert [(s["id"], s["name"], s["timezone"]) for s in sites] == [(SITE, "Estate A", "Asia/Shanghai")]
         # What the broker publishes for the gateway's Last Will:
         await gw.send_status(online=False, devices=[])
 
         async def offline() -> bool:
-            gws = (await cloud.http.get("/api/v1/gateways")).json()
+            gws = (await cloud.http.get("/api/v1/gateways")).json()["items"]
             return gws[0]["online"] is False
 
         await eventually(offline)
-        devices = (await cloud.http.get("/api/v1/devices")).json()
+        devices = (await cloud.http.get("/api/v1/devices")).json()["items"]
         assert all(d["online"] is None for d in devices)
 
 

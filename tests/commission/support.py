@@ -145,7 +145,7 @@ def reported(
     bg.run(report())
     admin = token_for(bg, cloud, f"root-{gateway}", Role.ADMIN, [])
     for _ in range(200):
-        found = api(cloud, "GET", "/api/v1/gateways", admin, params={"site_id": site}).json()
+        found = api(cloud, "GET", "/api/v1/gateways", admin, params={"site_id": site}).json()["items"]
         if found and found[0]["last_seen"]:
             return
         bg.run(asyncio.sleep(0.05))

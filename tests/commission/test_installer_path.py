@@ -159,12 +159,12 @@ def test_scan_add_check_register_report_then_the_gateway_runs(
 
     with Hosted(bg, estate) as app:
         gateways = eventually(
-            lambda: api(app, "GET", "/api/v1/gateways", token, params={"site_id": SITE}).json(),
+            lambda: api(app, "GET", "/api/v1/gateways", token, params={"site_id": SITE}).json()["items"],
             lambda gws: [(g["id"], g["online"]) for g in gws] == [(GW, True)],
         )
         assert gateways[0]["last_seen"] is not None
         devices = eventually(
-            lambda: api(app, "GET", "/api/v1/devices", token, params={"gateway_id": GW}).json(),
+            lambda: api(app, "GET", "/api/v1/devices", token, params={"gateway_id": GW}).json()["items"],
             lambda ds: {d["id"] for d in ds} == {"meter-1", "gate-1"},
         )
         assert {(d["id"], d["kind"]) for d in devices} == {

@@ -79,7 +79,7 @@ def test_register_writes_private_credentials_into_the_config(
     assert creds["broker_password"] not in log and token not in log
     entry = json.loads(log)["entries"][-1]
     assert (entry["action"], entry["ok"], entry["broker_username"]) == ("register", True, "gw-elm@elm-court")
-    gateways = api(cloud, "GET", "/api/v1/gateways", token, params={"site_id": "elm-court"}).json()
+    gateways = api(cloud, "GET", "/api/v1/gateways", token, params={"site_id": "elm-court"}).json()["items"]
     assert [g["id"] for g in gateways] == ["gw-elm"]
 
     # Again without --force: refused, nothing touched. With --force: a new password, files still 0600.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 from tests.console.support import UI_TIMEOUT_MS, door, gate, intercom, needs_browser, running_console
@@ -72,3 +73,43 @@ async def test_a_call_that_ends_leaves_the_queue(tmp_path: Path) -> None:
         await sim.hang_up()
         await expect(item).to_have_count(0)
         assert sim.unlocks == 0
+
+
+async def test_a_result_before_the_posts_answer_shows_once_and_ends_the_call(tmp_path: Path) -> None:
+    """The stream can bring a command's result before the POST that issued it has answered (the gateway
+    is fast, the answer slow): the console holds it until it knows the command is its own."""
+    from playwright.async_api import Route, expect
+
+    async with running_console(tmp_path, [intercom()]) as console:
+        stack = console.stack
+        await stack.wait_for("/api/v1/devices/intercom-b1")
+        await console.open()
+        await console.open_site("oak-garden")
+        page = console.page
+        answered = asyncio.Event()
+
+        async def slow_answer(route: Route) -> None:
+            response = await route.fetch()
+            await asyncio.wait_for(answered.wait(), 10)
+            await route.fulfill(response=response)
+
+        await page.route("**/api/v1/devices/*/commands", slow_answer)
+        sim = stack.sims["intercom-b1"]
+        call_id = await sim.call("apartment", "1-1-1202")
+        call = page.locator(f'#call-queue li[data-call="{call_id}"]')
+        await call.get_by_role("button", name="Answer & unlock").click()
+        await page.get_by_role("dialog").get_by_role("button", name="Answer & unlock").click()
+
+        # The door is open and the cloud has the result (so has the stream) while the POST still waits.
+        await stack.wait_for("/api/v1/commands?status=succeeded", lambda r: len(r.json()["items"]) == 1)
+        log = page.locator('#command-log li[data-device="intercom-b1"]')
+        await page.wait_for_timeout(300)
+        await expect(log).to_have_count(1)
+        await expect(log.locator(".outcome")).to_have_attribute("data-status", "pending")
+
+        answered.set()
+        outcome = log.locator(".outcome")
+        await expect(outcome).to_have_attribute("data-status", "succeeded", timeout=UI_TIMEOUT_MS)
+        await expect(log).to_have_count(1)
+        await expect(call).to_have_count(0)
+        assert sim.unlocks == 1

@@ -93,9 +93,22 @@ export async function probe(path, query) {
   }
 }
 
-export function streamUrl(kinds) {
+// Every item of a list the API pages by cursor.
+export async function getAll(path, query = {}) {
+  let items = [];
+  let cursor;
+  do {
+    const page = await get(path, { ...query, limit: 1000, cursor });
+    items = items.concat(page.items);
+    cursor = page.next_cursor;
+  } while (cursor);
+  return items;
+}
+
+export function streamUrl(kinds, siteId) {
   const url = new URL(`${API}/stream`, window.location.origin);
   url.searchParams.set("kinds", kinds);
+  if (siteId) url.searchParams.set("site_id", siteId);
   const token = getToken();
   if (token) url.searchParams.set("access_token", token);
   return url.toString();

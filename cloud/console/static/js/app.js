@@ -4,7 +4,7 @@
 import { get, post, setToken, setUnauthorizedHandler } from "./api.js";
 import { clear, h, notify } from "./dom.js";
 import { formatDuration, getLang, setLang, t } from "./i18n.js";
-import { connectStream, devicesOf, disconnectStream, loadDevices, loadSites, siteById, siteTz, store, subscribe } from "./store.js";
+import { connectStream, disconnectStream, loadSites, siteById, siteTz, store, subscribe, useSite } from "./store.js";
 import { renderBoard } from "./views/board.js";
 import { renderEvents } from "./views/events.js";
 import { renderReadings } from "./views/readings.js";
@@ -87,14 +87,14 @@ async function detectAuth() {
 }
 
 async function enter() {
-  await Promise.all([loadSites(), loadDevices()]);
+  await loadSites();
   ready = true;
-  connectStream();
 }
 
 function signOut() {
   setToken(null);
   store.user = null;
+  store.siteId = null;
   ready = false;
   disconnectStream();
   location.hash = "#/login";
@@ -154,14 +154,15 @@ function renderSites() {
     clear(list);
     if (!store.sites.length) list.append(h("li", { class: "empty" }, t("sites.none")));
     for (const site of store.sites) {
-      const devs = devicesOf(site.id);
-      const count = (kind) => devs.filter((d) => d.kind === kind).length;
+      const kinds = site.devices || {};
+      const total = Object.values(kinds).reduce((a, b) => a + b, 0);
+      const count = (kind) => kinds[kind] || 0;
       list.append(
         h(
           "li",
           { class: "site", dataset: { site: site.id } },
           h("h3", {}, h("a", { href: `#/site/${encodeURIComponent(site.id)}` }, site.name || site.id)),
-          h("p", { class: "meta" }, site.id, " · ", t("sites.devices", { n: devs.length })),
+          h("p", { class: "meta" }, site.id, " · ", t("sites.devices", { n: total })),
           h(
             "p",
             { class: "meta" },
@@ -177,7 +178,7 @@ function renderSites() {
   };
   draw();
   return subscribe((what) => {
-    if (what === "sites" || what === "devices") draw();
+    if (what === "sites") draw();
   });
 }
 
@@ -223,6 +224,13 @@ async function route() {
       view.append(h("p", { class: "error", role: "alert", id: "no-site" }, t("sites.missing", { site: siteId })));
       return;
     }
+    try {
+      await useSite(siteId);
+    } catch (exc) {
+      view.append(h("p", { class: "error", role: "alert" }, t("error.api", { status: exc.status, message: exc.message })));
+      return;
+    }
+    if (mine !== routing) return;
     if (tab === "events") cleanup = renderEvents(view, siteId);
     else if (tab === "work-orders") {
       if (workOrders) cleanup = renderWorkOrders(view, siteId);
@@ -237,6 +245,7 @@ async function route() {
     return;
   }
   renderHeader(null);
+  connectStream(null);
   cleanup = renderSites();
   document.title = t("app.title");
 }
@@ -264,6 +273,7 @@ setInterval(() => {
 setUnauthorizedHandler(() => {
   if (!ready) return;
   ready = false;
+  store.siteId = null;
   disconnectStream();
   setToken(null);
   location.hash = "#/login";

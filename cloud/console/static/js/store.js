@@ -2,7 +2,7 @@
 // operator's), intercom calls waiting.
 // Fed by the HTTP API once and then by the /stream server-sent events; views subscribe to changes.
 
-import { get, post, streamUrl } from "./api.js";
+import { get, getAll, post, streamUrl } from "./api.js";
 import { DEFAULT_TZ } from "./i18n.js";
 
 // The same table as cloud/state.py: (event type) -> (state key, value).
@@ -67,8 +67,9 @@ const COMMANDS_KEPT = 300;
 export const store = {
   authOn: false,
   user: null,
-  sites: [],
-  devices: new Map(),
+  sites: [], // each with `devices`: how many of each kind
+  siteId: null, // the estate on screen: its devices are loaded and its stream is open
+  devices: new Map(), // the estate's, by id
   commands: new Map(), // id -> {command, action, deviceId, callId, sentAt}
   calls: new Map(), // call_id -> {call_id, device_id, site_id, target, apartment, started_at, location}
   handledCalls: new Set(),
@@ -110,12 +111,13 @@ export function devicesOf(siteId, kinds) {
 }
 
 export async function loadSites() {
-  store.sites = await get("/sites");
+  store.sites = await getAll("/sites");
   emit("sites");
 }
 
-export async function loadDevices() {
-  const rows = await get("/devices");
+// One estate's devices: an operations centre runs hundreds, and a console shows one at a time.
+export async function loadDevices(siteId) {
+  const rows = await getAll("/devices", { site_id: siteId });
   const before = store.devices;
   store.devices = new Map(
     rows.map((d) => {
@@ -199,6 +201,7 @@ function onGateway(msg) {
 }
 
 let source = null;
+let streamSite = undefined; // the site_id the open stream is narrowed to; null: the estate list's
 let resyncTimer = null;
 let retryTimer = null;
 let wanted = false;
@@ -215,14 +218,17 @@ function scheduleReconnect() {
     } catch (exc) {
       if (exc.status === 401) return;
     }
-    if (wanted) connectStream();
+    if (wanted) connectStream(streamSite, { again: true });
   }, RETRY_MS);
 }
 
-export function connectStream() {
+// The estate list needs only gateways coming and going; an estate's pages everything of that estate.
+export function connectStream(siteId, { again = false } = {}) {
+  if (!again && source && streamSite === siteId) return;
   disconnectStream();
   wanted = true;
-  source = new EventSource(streamUrl("event,command,gateway,work_order"));
+  streamSite = siteId;
+  source = new EventSource(siteId ? streamUrl("event,command,gateway,work_order", siteId) : streamUrl("gateway"));
   source.addEventListener("end", () => {
     source.close();
     store.live = false;
@@ -234,7 +240,7 @@ export function connectStream() {
     emit("live");
     // Whatever happened while (re)connecting: read the registry again.
     clearTimeout(resyncTimer);
-    resyncTimer = setTimeout(() => loadDevices().catch(() => {}), 0);
+    if (siteId) resyncTimer = setTimeout(() => loadDevices(siteId).catch(() => {}), 0);
   });
   source.addEventListener("error", () => {
     store.live = false;
@@ -252,6 +258,15 @@ export function connectStream() {
   source.addEventListener("command", parse((cmd) => applyCommand(cmd)));
   source.addEventListener("gateway", parse(onGateway));
   source.addEventListener("work_order", parse((wo) => emit("workorder", wo)));
+}
+
+// Open an estate: its devices, then its stream.
+export async function useSite(siteId) {
+  if (store.siteId !== siteId) {
+    await loadDevices(siteId);
+    store.siteId = siteId;
+  }
+  connectStream(siteId);
 }
 
 export function disconnectStream() {
@@ -307,9 +322,29 @@ function forget() {
   for (const [id] of done.slice(0, store.commands.size - COMMANDS_KEPT)) store.commands.delete(id);
 }
 
+// Commands the stream or the log brought while this console was posting one to the same device: that
+// may be ours, whose id the POST's answer has not told yet. Held until it has, then applied, so that one
+// command never shows twice and an intercom call's unlock still ends the call.
+const early = new Map();
+
+function posting(deviceId) {
+  return [...store.commands.values()].some((r) => r.posting && r.deviceId === deviceId);
+}
+
+function releaseEarly() {
+  const held = [...early.values()];
+  early.clear();
+  for (const cmd of held) applyCommand(cmd);
+}
+
 export function applyCommand(cmd) {
   let record = store.commands.get(cmd.id);
   if (!record) {
+    if (posting(cmd.device_id)) {
+      const before = early.get(cmd.id);
+      if (!before || !FINAL.has(before.status)) early.set(cmd.id, cmd);
+      return;
+    }
     // A colleague's command (the stream, the log) or one sent before a reload: shown, and its result
     // applied to the board, as if sent from here.
     record = { command: cmd, action: cmd.action, deviceId: cmd.device_id, sentAt: Date.parse(cmd.issued_at) };
@@ -357,23 +392,25 @@ export async function sendCommand(device, action, args, reason, { callId } = {})
     reason,
     result_reason: null,
   };
-  const record = { command: placeholder, action, deviceId: device.id, callId, sentAt: Date.now() };
+  const record = { command: placeholder, action, deviceId: device.id, callId, sentAt: Date.now(), posting: true };
   store.commands.set(local, record);
   emit("command", record);
   let cmd;
   try {
     cmd = await post(`/devices/${encodeURIComponent(device.id)}/commands`, { action, args, reason });
   } catch (exc) {
+    record.posting = false;
     record.command = { ...placeholder, status: "error", result_reason: exc.message };
     emit("command", record);
+    releaseEarly();
     return record;
   }
+  record.posting = false;
   store.commands.delete(local);
-  // The stream may have brought the command (even its result) before this answer.
-  const early = store.commands.get(cmd.id);
-  record.command = early ? early.command : { ...placeholder, status: "sent" };
+  record.command = { ...placeholder, status: "sent" };
   store.commands.set(cmd.id, record);
   applyCommand(cmd);
+  releaseEarly(); // the stream may have brought this command, even its result, before the answer
   follow(record).catch((exc) => console.error("command follow failed", exc));
   return record;
 }
