@@ -14,6 +14,10 @@ once followed by ``GET /commands/{id}?wait=5`` long-polls until final (httpx). A
 ``close`` between samples puts the gate back so every ``open`` really drives it. Runs on the embedded amqtt
 broker, and on a Mosquitto of its own (`set_tcp_nodelay true`, as deployed) when `mosquitto` is installed.
 
+``--readers N`` runs N more processes beside the timed commands, each a console reading the API (events,
+readings, devices, sites, in turn) every ``--read-interval`` seconds: what the commands wait for when
+reads hold the database's write lock.
+
 ``--layout processes`` (default) runs them as deployed: the broker (amqtt: ``steward broker run``), the
 cloud (``steward cloud run``) and the gateway with its simulator each in their own process; this process
 is only the HTTP client and the raw baseline's two paho clients. ``--layout one`` puts everything on one
@@ -62,6 +66,49 @@ async def _until_reachable(port: int, proc: subprocess.Popen[bytes], what: str) 
             if proc.poll() is not None:
                 raise RuntimeError(f"{what} exited with {proc.returncode} during start-up")
             await asyncio.sleep(0.05)
+
+
+# A console reading the API beside the timed commands (``--readers``): GETs in turn, one per interval,
+# until terminated; prints how many it made.
+_READER = """
+import signal, sys, time, httpx
+base, token, gate, interval = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+paths = ["/events?limit=100", f"/devices/{gate}/readings?bucket=1h", "/devices?limit=500", "/sites"]
+made = 0
+def stop(*_):
+    print(made, flush=True)
+    sys.exit(0)
+signal.signal(signal.SIGTERM, stop)
+with httpx.Client(base_url=base, headers={"Authorization": "Bearer " + token}, timeout=30) as http:
+    while True:
+        http.get(paths[made % len(paths)]).raise_for_status()
+        made += 1
+        time.sleep(interval)
+"""
+
+
+@contextlib.contextmanager
+def _readers(count: int, base: str, token: str, interval: float) -> Any:
+    """``count`` reader processes until the block ends; yields a list the GETs they made is added to."""
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _READER, base, token, GATE, str(interval)],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+        )
+        for _ in range(count)
+    ]
+    made: list[int] = []
+    try:
+        yield made
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            out, _ = proc.communicate(timeout=15)
+            if proc.returncode != 0:
+                raise RuntimeError(f"a reader failed (exit {proc.returncode}): the API refused a GET")
+            made.append(int(out.split()[-1]))
 
 
 # The child processes of the running layout, by role: their CPU per command is printed (it moves much
@@ -302,11 +349,11 @@ async def _system(port: int, tmp: Path, layout: str) -> AsyncIterator[str]:
 
 
 async def _command_rtt(
-    port: int, n: int, tmp: Path, layout: str
-) -> tuple[list[float], list[float], list[float], dict[str, float]]:
+    port: int, n: int, tmp: Path, layout: str, *, readers: int = 0, read_interval: float = 0.05
+) -> tuple[list[float], list[float], list[float], dict[str, float], float]:
     """Samples of ``open`` answered in one request (POST ?wait) from a lean client and from httpx, and
     with long-polls (httpx), alternating; and each child process's CPU milliseconds per command (the
-    opens and the closes between them)."""
+    opens and the closes between them); and the readers' GETs per second."""
     from cloud import CloudSettings
     from cloud.auth import create_user
 
@@ -334,6 +381,9 @@ async def _command_rtt(
             pids = dict(_PIDS)
             cpu_before = {role: _cpu_s(pid) for role, pid in pids.items()}
             rounds = 3 * (n + 10)
+            reads = contextlib.ExitStack()
+            made = reads.enter_context(_readers(readers, base, token, read_interval))
+            started = time.perf_counter()
             try:
                 for i in range(rounds):
                     way = (samples, with_httpx, polled)[i % 3]
@@ -352,8 +402,10 @@ async def _command_rtt(
                     await _command(http, "close")  # untimed: the next open drives the gate again
             finally:
                 await lean.close()
+                reads.close()
+            reads_per_s = sum(made) / (time.perf_counter() - started)
             cpu = {role: 1000 * (_cpu_s(pid) - cpu_before[role]) / (2 * rounds) for role, pid in pids.items()}
-    return samples, with_httpx, polled, cpu
+    return samples, with_httpx, polled, cpu, reads_per_s
 
 
 async def _echo(client: MqttClient, reply: str) -> None:
@@ -468,7 +520,7 @@ async def _raw_modbus_open(n: int) -> list[float]:
     return samples
 
 
-async def _run(n: int, which: str, layout: str) -> None:
+async def _run(n: int, which: str, layout: str, readers: int, read_interval: float) -> None:
     brokers = []
     if which in ("amqtt", "both"):
         brokers.append(("amqtt (embedded)", _amqtt))
@@ -480,12 +532,15 @@ async def _run(n: int, which: str, layout: str) -> None:
     for name, broker in brokers:
         with tempfile.TemporaryDirectory() as tmp:
             async with broker(layout) as port:
-                cmd, with_httpx, polled, cpu = await _command_rtt(port, n, Path(tmp), layout)
+                cmd, with_httpx, polled, cpu, reads = await _command_rtt(
+                    port, n, Path(tmp), layout, readers=readers, read_interval=read_interval
+                )
                 raw = await asyncio.to_thread(_raw_paho_rtt, port, n)
                 ours = await _raw_rtt(port, n)
                 device = await _raw_modbus_open(n)
         c50, c99, r50, r99 = _pct(cmd, 0.5), _pct(cmd, 0.99), _pct(raw, 0.5), _pct(raw, 0.99)
-        print(f"{name}, layout {layout}: n={n}")
+        beside = f", {readers} readers beside ({reads:.0f} GETs/s)" if readers else ""
+        print(f"{name}, layout {layout}: n={n}{beside}")
         print(f"  command HTTP->cloud->gateway->gate open   p50 {c50:7.2f} ms  p99 {c99:7.2f} ms  POST ?wait")
         print(
             f"  the same, from httpx                      p50 {_pct(with_httpx, 0.5):7.2f} ms"
@@ -527,13 +582,15 @@ def main() -> None:
     parser.add_argument("n", nargs="?", type=int, default=200, help="timed commands per broker")
     parser.add_argument("--broker", choices=["amqtt", "mosquitto", "both"], default="both")
     parser.add_argument("--layout", choices=["processes", "one"], default="processes")
+    parser.add_argument("--readers", type=int, default=0, help="console reader processes beside")
+    parser.add_argument("--read-interval", type=float, default=0.05, help="seconds between a reader's GETs")
     parser.add_argument("--edge-child", metavar="SITE_JSON", help=argparse.SUPPRESS)
     args = parser.parse_args()
     configure_logging("WARNING")
     if args.edge_child:
         asyncio.run(_edge_child(json.loads(Path(args.edge_child).read_text())))
         return
-    asyncio.run(_run(args.n, args.broker, args.layout))
+    asyncio.run(_run(args.n, args.broker, args.layout, args.readers, args.read_interval))
 
 
 if __name__ == "__main__":
