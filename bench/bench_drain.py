@@ -7,6 +7,7 @@
     python -m bench.bench_drain --cloud trivial      # analysis: gateway + broker only (no store)
     python -m bench.bench_drain --profile-cloud cloud.prof   # analysis: cProfile of the cloud process
     python -m bench.bench_drain --uvloop             # the cloud process on uvloop's event loop
+    python -m bench.bench_drain --console-elsewhere  # an operator's console open on another estate
 
 Topology. By default as deployed: the gateway (this process), the broker (Mosquitto, its own process;
 the embedded amqtt broker in this process if Mosquitto is not installed) and the cloud service (its
@@ -199,6 +200,56 @@ async def _cloud_process(
             await asyncio.shield(proc.wait())
 
 
+# An operator's console on another estate, in a process of its own (a browser is not in the gateway's):
+# reads its live stream until terminated, then prints how many events it was sent.
+_CONSOLE = """
+import signal, sys, httpx
+base, token = sys.argv[1], sys.argv[2]
+received = 0
+def stop(*_):
+    print(received, flush=True)
+    sys.exit(0)
+signal.signal(signal.SIGTERM, stop)
+params = {"kinds": "event,command,gateway,work_order", "site_id": "elsewhere"}
+headers = {"Authorization": "Bearer " + token}
+timeout = httpx.Timeout(10, read=None)
+with httpx.stream("GET", base + "/stream", params=params, headers=headers, timeout=timeout) as s:
+    s.raise_for_status()
+    for line in s.iter_lines():
+        if line == "event: event":
+            received += 1
+"""
+
+
+async def _console_elsewhere(settings: Any) -> asyncio.subprocess.Process:
+    """``--console-elsewhere``: an operator's console open on another estate during the drain (its live
+    stream, narrowed to that estate as the console asks since 2026-11-24; a cloud before that sends it
+    every estate's events)."""
+    from cloud.auth import create_user
+
+    base = f"http://127.0.0.1:{settings.http_port}/api/v1"
+    password = await create_user(settings, "bench-console", replace=True)
+    async with httpx.AsyncClient(base_url=base, timeout=10) as http:
+        login = await http.post("/auth/login", json={"username": "bench-console", "password": password})
+        login.raise_for_status()
+    token = login.json()["access_token"]
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _CONSOLE, base, token, stdout=asyncio.subprocess.PIPE
+    )
+    await asyncio.sleep(1)  # connected before the drain starts
+    if proc.returncode is not None:
+        raise RuntimeError(f"the console's stream ended at once (exit {proc.returncode})")
+    return proc
+
+
+async def _console_received(proc: asyncio.subprocess.Process) -> int:
+    proc.terminate()
+    out, _ = await asyncio.wait_for(proc.communicate(), 15)
+    if proc.returncode != 0:
+        raise RuntimeError(f"the console's stream failed (exit {proc.returncode})")
+    return int(out.split()[-1])
+
+
 async def _pg_counts(settings: Any) -> tuple[int, int]:
     """Count the events in the run's PostgreSQL schema, then drop the schema."""
     from sqlalchemy import text
@@ -224,6 +275,7 @@ async def _run(
     profile: Path | None = None,
     *,
     uvloop: bool = False,
+    console: bool = False,
 ) -> None:
     from cloud.main import serve
     from cloud.settings import CloudSettings
@@ -295,6 +347,7 @@ async def _run(
                 else:
                     cloud = tg.create_task(serve(settings, ready=ready))
                 await asyncio.wait_for(ready.wait(), 30)
+                watcher = await _console_elsewhere(settings) if console else None
                 gw = Gateway(site)
                 cpu0 = {name: _cpu_s(pid) for name, pid in pids.items()}
                 cpu0["gateway"] = time.process_time()
@@ -312,6 +365,7 @@ async def _run(
                 # The event loop's share of the cloud's CPU; the rest is mostly SQLite's (aiosqlite) thread.
                 loop_s = _main_thread_cpu_s(pids["cloud"]) - loop0 if "cloud" in pids else None
                 gw_task.cancel()
+                streamed = await _console_received(watcher) if watcher else 0
                 cloud.cancel()
             if cloud_kind == "trivial":
                 stored = rows = n  # nothing is stored: this mode measures the gateway and broker only
@@ -332,6 +386,8 @@ async def _run(
         )
         print(f"topology: gateway process; broker: {broker_where}; {where}{' on uvloop' if uvloop else ''}")
         print(f"store: {'postgresql' if pg_url else 'sqlite'}")
+        if console:
+            print(f"a console open on another estate ('elsewhere'): {streamed:,} events streamed to it")
         print(f"end to end: {n:,} events in {elapsed:.1f} s = {rate:,.0f} events/s (goal >= {GOAL_RATE:,})")
         print(
             f"raw paho QoS 1, same batches, no store: {raw_rate:,.0f} events/s; ratio {rate / raw_rate:.2f}"
@@ -386,6 +442,11 @@ def main() -> None:
         action="store_true",
         help="with --cloud process: run the cloud process on uvloop's event loop (uvloop must be installed)",
     )
+    parser.add_argument(
+        "--console-elsewhere",
+        action="store_true",
+        help="an operator's console (live stream) open on another estate during the drain",
+    )
     args = parser.parse_args()
     if args.uvloop and importlib.util.find_spec("uvloop") is None:
         parser.error("--uvloop needs uvloop, which is not a dependency: .venv/bin/pip install uvloop")
@@ -400,7 +461,15 @@ def main() -> None:
             print("mosquitto is not installed: the embedded broker runs in the gateway's process")
     if args.broker == "mosquitto" and not shutil.which("mosquitto"):
         raise SystemExit("mosquitto is not installed")
-    run = _run(args.events, args.broker, args.cloud, args.postgres, args.profile_cloud, uvloop=args.uvloop)
+    run = _run(
+        args.events,
+        args.broker,
+        args.cloud,
+        args.postgres,
+        args.profile_cloud,
+        uvloop=args.uvloop,
+        console=args.console_elsewhere,
+    )
     asyncio.run(run)
 
 

@@ -1,7 +1,10 @@
 """In-process fan-out of what just happened (stored events, command changes) to waiting requests.
 
-Long-polls watch a command id; SSE streams take every message. Each subscriber has a bounded queue;
-a slow one loses its oldest messages (counted) instead of holding memory. With several cloud instances
+Long-polls watch a command id; SSE streams take the kinds and sites they subscribed to: a message goes
+only to the subscribers of its site (and to those of every site), so a console on one estate costs
+nothing per event of the hundreds of others, and :meth:`Hub.wants` lets ingest skip building events
+that no one will read. Each subscriber has a bounded queue; a slow one loses its oldest messages
+(counted) instead of holding memory. With several cloud instances
 a change may be ingested elsewhere: :mod:`cloud.fanout` carries each instance's messages to the others
 (``forward``), and waiters also re-read the store periodically, for what that live path loses.
 """
@@ -11,9 +14,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
+
+KINDS = ("event", "command", "gateway", "work_order")
 
 
 @dataclass(slots=True, eq=False)
@@ -30,6 +35,13 @@ class Subscriber:
     queue: asyncio.Queue[dict[str, Any]]
     dropped: int = 0
 
+    def put(self, message: dict[str, Any]) -> None:
+        if self.queue.full():
+            with contextlib.suppress(asyncio.QueueEmpty):
+                self.queue.get_nowait()
+            self.dropped += 1
+        self.queue.put_nowait(message)
+
 
 # Recently changed commands' rows kept for waiters that start watching just after a change.
 LATEST_COMMANDS = 1024
@@ -39,6 +51,8 @@ class Hub:
     def __init__(self, queue_size: int = 1000) -> None:
         self.queue_size = queue_size
         self._subscribers: set[Subscriber] = set()
+        # kind -> site (None: every site) -> its subscribers.
+        self._routes: dict[str, dict[str | None, set[Subscriber]]] = {kind: {} for kind in KINDS}
         self._command_waiters: dict[str, set[CommandWatch]] = {}
         self._latest: OrderedDict[str, Any] = OrderedDict()
         # Set while the other cloud instances are to hear of what is published here (cloud.fanout), and
@@ -53,12 +67,8 @@ class Hub:
         if self.forward is not None and not forwarded:
             self.forward(kind, data)
         message = {"kind": kind, "data": data}
-        for sub in list(self._subscribers):
-            if sub.queue.full():
-                with contextlib.suppress(asyncio.QueueEmpty):
-                    sub.queue.get_nowait()
-                sub.dropped += 1
-            sub.queue.put_nowait(message)
+        for sub in self._recipients(kind, data.get("site_id")):
+            sub.put(message)
         if kind == "command":
             if row is not None:
                 self._latest[data["id"]] = row
@@ -69,6 +79,24 @@ class Hub:
                 if row is not None:
                     waiter.row = row
                 waiter.changed.set()
+
+    def _recipients(self, kind: str, site: str | None) -> list[Subscriber]:
+        by_site = self._routes.get(kind)
+        if not by_site:
+            return []
+        if site is None:
+            # A message that does not say its site (a gateway marked offline by the sweeper) goes to
+            # every subscriber of its kind; the stream checks the gateway's site itself.
+            return list({sub for subs in by_site.values() for sub in subs})
+        return [*by_site.get(None, ()), *by_site.get(site, ())]
+
+    def wants(self, kind: str, site: str) -> bool:
+        """Whether a message of ``kind`` at ``site`` would reach anyone: a stream here that takes it, or
+        any stream on another instance (they do not say which sites they read)."""
+        by_site = self._routes.get(kind) or {}
+        if by_site.get(None) or by_site.get(site):
+            return True
+        return self.remote_listening is not None and self.remote_listening()
 
     def latest_command(self, command_id: str) -> Any:
         """The last row published here with a change to ``command_id``, if it is still remembered: a
@@ -87,13 +115,28 @@ class Hub:
         return len(self._subscribers)
 
     @contextlib.asynccontextmanager
-    async def subscribe(self) -> AsyncIterator[Subscriber]:
+    async def subscribe(
+        self, kinds: Iterable[str] | None = None, sites: Iterable[str] | None = None
+    ) -> AsyncIterator[Subscriber]:
+        """A queue of the messages of ``kinds`` (None: all) at ``sites`` (None: every site) published
+        while the block runs."""
         sub = Subscriber(asyncio.Queue(maxsize=self.queue_size))
+        keys: list[str | None] = list(sites) if sites is not None else [None]
+        routes = [
+            self._routes[kind].setdefault(key, set())
+            for kind in (KINDS if kinds is None else kinds)
+            if kind in self._routes
+            for key in keys
+        ]
+        for subs in routes:
+            subs.add(sub)
         self._subscribers.add(sub)
         self.subscribers_changed.set()
         try:
             yield sub
         finally:
+            for subs in routes:
+                subs.discard(sub)
             self._subscribers.discard(sub)
             self.subscribers_changed.set()
 

@@ -548,8 +548,8 @@ class Ingest:
             except Exception:
                 # Stored and acknowledged already; a failing feature must not stop ingest.
                 self.log.exception("ingest.listener_failed", listener=getattr(listener, "__name__", "?"))
-        if not self.hub.has_subscribers:
-            return  # nobody is watching the live stream: skip building what nobody reads
+        if not self.hub.wants("event", batch.site_id):
+            return  # no stream reads this estate's events: skip building what nobody reads
         for event in outcome.new_events:
             self.hub.publish(
                 "event",

@@ -7,14 +7,16 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from cloud.api.deps import ReadSessionDep
 from cloud.api.paging import after, key_cursor, page, require_aware
 from cloud.auth.deps import CurrentUser, require_site, site_clause
+from cloud.auth.permissions import Principal
 from cloud.errors import BadQuery, NotFound
 from cloud.schemas import (
     Bucket,
@@ -80,17 +82,10 @@ async def list_gateways(
     limit: Annotated[int, _LIMIT] = 500,
     cursor: str | None = None,
 ) -> GatewayPage:
-    query = select(Gateway).where(site_clause(user, Gateway.site_id)).order_by(Gateway.site_id, Gateway.id)
-    if site_id:
-        require_site(user, site_id)
-        query = query.where(Gateway.site_id == site_id)
-    if cursor:
-        query = query.where(after(cursor, "g", Gateway.site_id, Gateway.id))
-    rows, tail = await page(session, query, limit)
-    return GatewayPage(
-        items=[GatewayOut.model_validate(r) for r in rows],
-        next_cursor=None if tail is None else key_cursor("g", tail.site_id, tail.id),
+    rows, next_cursor = await _by_site(
+        session, user, Gateway, "g", site_id=site_id, filters={}, limit=limit, cursor=cursor
     )
+    return GatewayPage(items=[GatewayOut.model_validate(r) for r in rows], next_cursor=next_cursor)
 
 
 @router.get("/devices", response_model=DevicePage, responses={400: {"model": ErrorOut}})
@@ -105,21 +100,37 @@ async def list_devices(
     cursor: str | None = None,
 ) -> DevicePage:
     """Devices with their live state, by estate then id; a console reads one estate's (``site_id``)."""
-    query = select(Device).where(site_clause(user, Device.site_id)).order_by(Device.site_id, Device.id)
+    filters = {Device.gateway_id: gateway_id, Device.kind: kind}
+    rows, next_cursor = await _by_site(
+        session, user, Device, "d", site_id=site_id, filters=filters, limit=limit, cursor=cursor
+    )
+    return DevicePage(items=[DeviceOut.model_validate(r) for r in rows], next_cursor=next_cursor)
+
+
+async def _by_site(
+    session: AsyncSession,
+    user: Principal,
+    table: type[Gateway] | type[Device],
+    tag: str,
+    *,
+    site_id: str | None,
+    filters: dict[Any, str | None],
+    limit: int,
+    cursor: str | None,
+) -> tuple[list[Any], str | None]:
+    """A page of ``table``'s rows at the caller's sites (or at ``site_id``: 403 if not theirs) that
+    match ``filters`` (column: value, None to ignore), by site then id; and the next page's cursor."""
+    query = select(table).where(site_clause(user, table.site_id)).order_by(table.site_id, table.id)
     if site_id:
         require_site(user, site_id)
-        query = query.where(Device.site_id == site_id)
-    if gateway_id:
-        query = query.where(Device.gateway_id == gateway_id)
-    if kind:
-        query = query.where(Device.kind == kind)
+        query = query.where(table.site_id == site_id)
+    for column, value in filters.items():
+        if value:
+            query = query.where(column == value)
     if cursor:
-        query = query.where(after(cursor, "d", Device.site_id, Device.id))
+        query = query.where(after(cursor, tag, table.site_id, table.id))
     rows, tail = await page(session, query, limit)
-    return DevicePage(
-        items=[DeviceOut.model_validate(r) for r in rows],
-        next_cursor=None if tail is None else key_cursor("d", tail.site_id, tail.id),
-    )
+    return rows, None if tail is None else key_cursor(tag, tail.site_id, tail.id)
 
 
 @router.get("/devices/{device_id}", response_model=DeviceOut, responses={404: {"model": ErrorOut}})

@@ -60,7 +60,10 @@ async def stream(
         return gateway_sites[gateway_id]
 
     async def body() -> AsyncIterator[str]:
-        async with hub.subscribe() as sub:
+        # The hub routes by site: a stream of one estate (or of an operator's few) is not woken for the
+        # others'; the checks below remain for messages that do not say their site.
+        scope = [site_id] if site_id else (sorted(sites) if sites is not None else None)
+        async with hub.subscribe(wanted, scope) as sub:
             yield ": connected\n\n"
             while True:
                 try:

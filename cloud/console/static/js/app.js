@@ -219,18 +219,21 @@ async function route() {
       workOrders = false;
     }
     if (mine !== routing) return;
-    renderHeader(siteId, tab, workOrders);
     if (!siteById(siteId)) {
+      renderHeader(siteId, tab, workOrders);
       view.append(h("p", { class: "error", role: "alert", id: "no-site" }, t("sites.missing", { site: siteId })));
       return;
     }
     try {
+      // Before the header: its live sign must be this estate's stream, not the one it replaces.
       await useSite(siteId);
     } catch (exc) {
+      renderHeader(siteId, tab, workOrders);
       view.append(h("p", { class: "error", role: "alert" }, t("error.api", { status: exc.status, message: exc.message })));
       return;
     }
     if (mine !== routing) return;
+    renderHeader(siteId, tab, workOrders);
     if (tab === "events") cleanup = renderEvents(view, siteId);
     else if (tab === "work-orders") {
       if (workOrders) cleanup = renderWorkOrders(view, siteId);

@@ -262,8 +262,12 @@ export function renderBoard(root, siteId) {
 
   const unsubscribe = subscribe((what, data) => {
     if (what === "devices") drawDevices();
-    // What colleagues did while the stream was down.
-    else if (what === "live" && store.live) loadCommands(siteId).catch(() => {});
+    // What happened while the stream was down or not yet open (this estate's opens a stream of its own):
+    // colleagues' commands, calls that started.
+    else if (what === "live" && store.live) {
+      loadCommands(siteId).catch(() => {});
+      loadCalls(siteId).catch(() => {});
+    }
     else if (what === "device" && data.site_id === siteId && BOARD_KINDS.includes(data.kind)) {
       upsert(data.kind === "barrier_gate" ? gates : doors, deviceCard(data, tz));
     } else if (what === "calls") drawCalls();
