@@ -55,7 +55,8 @@ async def test_open_a_closed_gate_from_the_board(tmp_path: Path) -> None:
         await expect(card.locator('[data-value="online"]')).to_be_visible()
 
         # The operator confirms the gate people know by name, its id beside it.
-        await expect(card.locator("h3")).to_contain_text("East entrance, inbound (东门入口道闸) (east-gate)")
+        card_title = "East entrance, inbound (东门入口道闸) (east-gate)"
+        await expect(card.locator("h3")).to_contain_text(card_title)
         await card.get_by_role("button", name="Open gate").click()
         dialog = page.get_by_role("dialog")
         await expect(dialog).to_contain_text("Open gate: East entrance, inbound (东门入口道闸) (east-gate)")
@@ -71,6 +72,8 @@ async def test_open_a_closed_gate_from_the_board(tmp_path: Path) -> None:
         assert stack.sims["east-gate"].state()["state"] == "open"
         log = page.locator("#command-log")
         await expect(log).to_contain_text("Open gate — succeeded")
+        # Named as the card is: the log says which gate, in the words people use.
+        await expect(log.locator("li strong").first).to_have_text(card_title)
 
         # A visitor calling too, so the board's artifact shows the intercom queue beside the gates.
         await stack.sims["intercom-b1"].call("apartment", "1-1-1202")

@@ -249,7 +249,13 @@ export function renderBoard(root, siteId) {
     if (!list.length) commands.append(h("li", { class: "empty" }, t("board.commands.none")));
     for (const record of list) {
       commands.append(
-        h("li", { dataset: { device: record.command.device_id } }, h("strong", {}, record.command.device_id), " ", commandLine(record, tz)),
+        h(
+          "li",
+          { dataset: { device: record.command.device_id } },
+          h("strong", {}, deviceLabel(store.devices.get(record.command.device_id), record.command.device_id)),
+          " ",
+          commandLine(record, tz),
+        ),
       );
     }
   };
