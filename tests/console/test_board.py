@@ -160,3 +160,25 @@ async def test_the_log_shows_what_colleagues_did_before_and_after_the_page_opene
         await expect(log).to_have_count(4)
         await expect(log.nth(0)).to_contain_text("by wang")
         assert real_errors(console.errors) == []
+
+
+async def test_the_estate_list_shows_a_gateway_going_offline_and_back(tmp_path: Path) -> None:
+    from playwright.async_api import expect
+
+    async with running_console(tmp_path, [gate()], link=True) as console:
+        stack = console.stack
+        await stack.wait_for("/api/v1/devices/east-gate")
+        await console.open()
+        estate = console.page.locator('#site-list li[data-site="oak-garden"]')
+        await expect(estate).to_have_attribute("data-gateways-offline", "0")
+        await expect(estate.locator(".gateways")).to_contain_text("gateways online (1)")
+
+        # The link drops: the broker gives the gateway's Last Will, the list says so without a reload.
+        assert stack.link is not None
+        await stack.link.cut()
+        await expect(estate).to_have_attribute("data-gateways-offline", "1", timeout=UI_TIMEOUT_MS)
+        await expect(estate.locator(".gateways")).to_contain_text("1 of 1 gateways OFFLINE")
+
+        await stack.link.restore()
+        await expect(estate).to_have_attribute("data-gateways-offline", "0", timeout=UI_TIMEOUT_MS)
+        assert real_errors(console.errors) == []

@@ -4,7 +4,18 @@
 import { get, post, setToken, setUnauthorizedHandler } from "./api.js";
 import { clear, h, notify } from "./dom.js";
 import { formatDuration, getLang, setLang, t } from "./i18n.js";
-import { connectStream, disconnectStream, loadSites, siteById, siteTz, store, subscribe, useSite } from "./store.js";
+import {
+  connectStream,
+  disconnectStream,
+  gatewaysOf,
+  loadGateways,
+  loadSites,
+  siteById,
+  siteTz,
+  store,
+  subscribe,
+  useSite,
+} from "./store.js";
 import { renderBoard } from "./views/board.js";
 import { renderEvents } from "./views/events.js";
 import { renderReadings } from "./views/readings.js";
@@ -157,12 +168,21 @@ function renderSites() {
       const kinds = site.devices || {};
       const total = Object.values(kinds).reduce((a, b) => a + b, 0);
       const count = (kind) => kinds[kind] || 0;
+      const gateways = gatewaysOf(site.id);
+      const offline = gateways.filter((g) => !g.online).length;
       list.append(
         h(
           "li",
-          { class: "site", dataset: { site: site.id } },
+          { class: `site${offline ? " has-offline" : ""}`, dataset: { site: site.id, gatewaysOffline: String(offline) } },
           h("h3", {}, h("a", { href: `#/site/${encodeURIComponent(site.id)}` }, site.name || site.id)),
           h("p", { class: "meta" }, site.id, " · ", t("sites.devices", { n: total })),
+          h(
+            "p",
+            { class: "gateways" },
+            offline
+              ? h("span", { class: "badge v-offline" }, t("sites.offline", { n: offline, total: gateways.length }))
+              : h("span", { class: "badge v-online" }, t("sites.online", { total: gateways.length })),
+          ),
           h(
             "p",
             { class: "meta" },
@@ -177,8 +197,9 @@ function renderSites() {
     }
   };
   draw();
+  loadGateways().catch((exc) => notify(t("error.api", { status: exc.status, message: exc.message }), "error"));
   return subscribe((what) => {
-    if (what === "sites") draw();
+    if (what === "sites" || what === "gateways") draw();
   });
 }
 

@@ -70,6 +70,7 @@ export const store = {
   sites: [], // each with `devices`: how many of each kind
   siteId: null, // the estate on screen: its devices are loaded and its stream is open
   devices: new Map(), // the estate's, by id
+  gateways: new Map(), // every estate's: id -> {id, site_id, online}, for the estate list's health
   commands: new Map(), // id -> {command, action, deviceId, callId, sentAt}
   calls: new Map(), // call_id -> {call_id, device_id, site_id, target, apartment, started_at, location}
   handledCalls: new Set(),
@@ -192,7 +193,22 @@ function onEvent(ev) {
   emit("event", ev);
 }
 
+// The estate list shows which estates have a gateway offline; the stream keeps it current.
+export async function loadGateways() {
+  const rows = await getAll("/gateways");
+  store.gateways = new Map(rows.map((g) => [g.id, { id: g.id, site_id: g.site_id, online: g.online }]));
+  emit("gateways");
+}
+
+export function gatewaysOf(siteId) {
+  return [...store.gateways.values()].filter((g) => g.site_id === siteId);
+}
+
 function onGateway(msg) {
+  const known = store.gateways.get(msg.id);
+  if (known) known.online = Boolean(msg.online);
+  else if (msg.site_id) store.gateways.set(msg.id, { id: msg.id, site_id: msg.site_id, online: Boolean(msg.online) });
+  emit("gateways");
   for (const dev of store.devices.values()) {
     if (dev.gateway_id !== msg.id) continue;
     dev.online = msg.online ? true : null;
