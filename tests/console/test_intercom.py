@@ -112,4 +112,5 @@ async def test_a_result_before_the_posts_answer_shows_once_and_ends_the_call(tmp
         await expect(outcome).to_have_attribute("data-status", "succeeded", timeout=UI_TIMEOUT_MS)
         await expect(log).to_have_count(1)
         await expect(call).to_have_count(0)
+        await expect(page.locator("#notice")).to_contain_text("Door released for 1-1-1202")
         assert sim.unlocks == 1

@@ -139,14 +139,22 @@ async function answer(call) {
 }
 
 function watchCallOutcome(record, call) {
-  const stop = subscribe((what, data) => {
-    if (what !== "command" || data !== record || !FINAL.has(record.command.status)) return;
-    stop();
+  const report = () => {
     if (record.command.status === "succeeded") {
       notify(t("intercom.released", { who: call.apartment || call.device_id }), "ok");
     } else {
       notify(`${t("action.answer")}: ${word("status", record.command.status)} ${record.command.result_reason || ""}`, "error");
     }
+  };
+  // The result may be in already: the stream can bring it before the POST that sent the command answers.
+  if (FINAL.has(record.command.status)) {
+    report();
+    return;
+  }
+  const stop = subscribe((what, data) => {
+    if (what !== "command" || data !== record || !FINAL.has(record.command.status)) return;
+    stop();
+    report();
   });
 }
 
