@@ -131,3 +131,23 @@ def test_the_command_log_migration_makes_the_indexes_the_model_declares(tmp_path
         assert {"ix_commands_site_issued", "ix_commands_issued"} <= indexes()
         _downgrade(engine, "command_log@0001")
         assert indexes() == {"ix_commands_device_id", "ix_commands_status_expires"}
+
+
+def test_the_append_only_migration_guards_the_audit_trails_and_its_downgrade_lifts_the_guard(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "a.db"
+
+    def rewrite() -> None:
+        with sqlite3.connect(path) as raw:
+            raw.execute("UPDATE auth_audit SET action = 'rewritten'")
+
+    with _at_heads(path) as engine:
+        with sqlite3.connect(path) as raw:
+            raw.execute("INSERT INTO auth_audit (at, action) VALUES ('2026-11-24 08:00:00', 'login')")
+        with pytest.raises(sqlite3.IntegrityError, match="auth_audit is append-only: UPDATE refused"):
+            rewrite()
+        _downgrade(engine, "append_only_audit@-1")
+        rewrite()
+        with sqlite3.connect(path) as raw:
+            assert raw.execute("SELECT action FROM auth_audit").fetchall() == [("rewritten",)]
