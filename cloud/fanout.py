@@ -13,10 +13,17 @@ on again. QoS 0: this is a live view, not a record. A message lost while the bro
 console a refresh; the store has everything (consoles reload their lists, long-polls re-read it).
 
 Events are most of the traffic, and building and sending them cost ingest some 15 µs each: an instance
-sends them only while another says a stream is open there. Each message carries its sender's count of
-open streams (``listeners``); an instance with streams open repeats it every ``PRESENCE_EVERY_S``, says
-at once when the first opens and the last closes, and is believed for ``PRESENCE_TTL_S``. Command,
+sends an estate's events only while another says a stream there reads them. Each message carries its
+sender's count of open streams (``listeners``) and the estates whose events they read (``sites``; absent:
+every estate's, as a version 1 sender means it); an instance with streams open repeats it every
+``PRESENCE_EVERY_S``, says at once when a stream opens or closes, and is believed for ``PRESENCE_TTL_S``.
+With consoles each open on one estate, an estate nobody watches costs the fan-out nothing. Command,
 gateway and work-order updates always go (long-polls wait on commands elsewhere; they are few).
+
+Version 2 added ``sites``. A version 1 instance refuses a version 2 message (``fanout.bad_message``), so
+during a rolling upgrade from it the live view from upgraded instances to the others pauses until all
+run version 2 (consoles there refresh, long-polls re-read the store); version 2 takes version 1's
+messages and ignores fields it does not know, so later additions need no such pause.
 
 Only the cloud's broker account may publish or subscribe there (``steward.broker_auth``); a gateway's
 account cannot reach the topic, so it cannot forge a command update or an event on another estate's
@@ -32,7 +39,7 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from typing import Any, Final, Literal
+from typing import Annotated, Any, Final, Literal
 
 import pydantic_core
 import structlog
@@ -46,7 +53,7 @@ from steward.mqtt import MqttClient, MqttError
 
 log = structlog.get_logger("steward.cloud.fanout")
 
-FANOUT_VERSION: Final = 1
+FANOUT_VERSION: Final = 2
 # Messages waiting to leave while the broker is away (then the oldest go): a live view needs no more.
 MAX_PENDING = 10_000
 # One MQTT message carries at most about this much; a large burst leaves as several.
@@ -55,6 +62,7 @@ PROBE_TIMEOUT_S = 5.0  # our own probe must come back within this
 RETRY_S = 30.0  # then the subscription and probe are tried again
 PRESENCE_EVERY_S = 5.0  # while streams are open here, the others are told this often
 PRESENCE_TTL_S = 3 * PRESENCE_EVERY_S  # an instance that said so is believed this long
+MAX_SITES = 10_000  # estates one instance's streams may name in its presence
 
 
 class FanoutMessage(BaseModel):
@@ -73,11 +81,21 @@ class FanoutMessage(BaseModel):
 class FanoutBatch(BaseModel):
     """One MQTT message on the fan-out topic: what ``instance``'s hub published, in order (none: a probe)."""
 
-    model_config = ConfigDict(extra="forbid")
-    v: Literal[1] = FANOUT_VERSION
+    # A later version may add fields: they are ignored, not refused (version 1 refused them).
+    model_config = ConfigDict(extra="ignore")
+    v: Literal[1, 2] = FANOUT_VERSION
     instance: str = Field(min_length=1, max_length=64)
     listeners: int = Field(default=0, ge=0, description="streams open on that instance when it sent this")
+    sites: list[Annotated[str, Field(min_length=1, max_length=64)]] | None = Field(
+        default=None,
+        max_length=MAX_SITES,
+        description="the estates whose events its streams read; absent: every estate's",
+    )
     messages: list[FanoutMessage]
+
+    def presence(self) -> frozenset[str] | None:
+        """What the sender's streams read: None, every estate's events; else these estates' (maybe none)."""
+        return None if self.sites is None else frozenset(self.sites)
 
 
 class Fanout:
@@ -100,13 +118,14 @@ class Fanout:
         self._pending: deque[bytes] = deque()
         self._wake = asyncio.Event()
         self._echo = asyncio.Event()  # set when one of our own messages comes back from the broker
-        # Instances that said streams are open there -> until when (monotonic) that is believed.
-        self._peers: dict[str, float] = {}
+        # Instances that said streams are open there -> until when (monotonic) that is believed, and the
+        # estates whose events they read (None: every estate's).
+        self._peers: dict[str, tuple[float, frozenset[str] | None]] = {}
         self.log = log.bind(instance=self.instance, topic=self.topic)
 
     def forward(self, kind: str, data: dict[str, Any]) -> None:
         """The hub's hook: called for each message it publishes that did not come from another instance."""
-        if kind == "event" and not self.peers_listening():
+        if kind == "event" and not self.peer_wants(data.get("site_id")):
             return
         if len(self._pending) >= MAX_PENDING:
             self._pending.popleft()
@@ -118,11 +137,19 @@ class Fanout:
     def peers_listening(self) -> int:
         """How many other instances have a stream open, as they last said."""
         now = time.monotonic()
-        return sum(1 for until in self._peers.values() if until > now)
+        return sum(1 for until, _ in self._peers.values() if until > now)
+
+    def peer_wants(self, site: str | None) -> bool:
+        """Whether another instance has a stream open that reads ``site``'s events (None: any stream)."""
+        now = time.monotonic()
+        for until, sites in self._peers.values():
+            if until > now and (site is None or sites is None or site in sites):
+                return True
+        return False
 
     async def run(self) -> None:
         self.mqtt.start()
-        self.hub.forward, self.hub.remote_listening = self.forward, lambda: self.peers_listening() > 0
+        self.hub.forward, self.hub.remote_wants = self.forward, self.peer_wants
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._send(), name="cloud-fanout-send")
@@ -130,7 +157,7 @@ class Fanout:
                 tg.create_task(self._presence(), name="cloud-fanout-presence")
                 await self._receive()
         finally:
-            self.hub.forward = self.hub.remote_listening = None
+            self.hub.forward = self.hub.remote_wants = None
             self.metrics.fanout_ready = False
             await self.mqtt.disconnect()
 
@@ -176,7 +203,14 @@ class Fanout:
             self.metrics.fanout_peers_listening = self.peers_listening()
 
     def _batch(self, messages: list[bytes]) -> bytes:
-        head = {"v": FANOUT_VERSION, "instance": self.instance, "listeners": self.hub.subscriber_count}
+        head: dict[str, Any] = {
+            "v": FANOUT_VERSION,
+            "instance": self.instance,
+            "listeners": self.hub.subscriber_count,
+        }
+        sites = self.hub.event_sites()
+        if sites is not None:
+            head["sites"] = sorted(sites)[:MAX_SITES]
         return pydantic_core.to_json(head)[:-1] + b',"messages":[' + b",".join(messages) + b"]}"
 
     async def _send(self) -> None:
@@ -226,7 +260,7 @@ class Fanout:
                 self._echo.set()  # our own, back from the broker
                 continue
             if batch.listeners:
-                self._peers[batch.instance] = time.monotonic() + PRESENCE_TTL_S
+                self._peers[batch.instance] = (time.monotonic() + PRESENCE_TTL_S, batch.presence())
             else:
                 self._peers.pop(batch.instance, None)
             self.metrics.fanout_peers_listening = self.peers_listening()

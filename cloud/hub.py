@@ -56,9 +56,9 @@ class Hub:
         self._command_waiters: dict[str, set[CommandWatch]] = {}
         self._latest: OrderedDict[str, Any] = OrderedDict()
         # Set while the other cloud instances are to hear of what is published here (cloud.fanout), and
-        # whether a stream there would read it.
+        # whether a stream there would read an estate's events (None: whether any stream is open there).
         self.forward: Callable[[str, dict[str, Any]], None] | None = None
-        self.remote_listening: Callable[[], bool] | None = None
+        self.remote_wants: Callable[[str | None], bool] | None = None
         self.subscribers_changed = asyncio.Event()
 
     def publish(self, kind: str, data: dict[str, Any], *, row: Any = None, forwarded: bool = False) -> None:
@@ -92,11 +92,20 @@ class Hub:
 
     def wants(self, kind: str, site: str) -> bool:
         """Whether a message of ``kind`` at ``site`` would reach anyone: a stream here that takes it, or
-        any stream on another instance (they do not say which sites they read)."""
+        another instance's (for events, one that reads ``site``'s; other kinds always go there)."""
         by_site = self._routes.get(kind) or {}
         if by_site.get(None) or by_site.get(site):
             return True
-        return self.remote_listening is not None and self.remote_listening()
+        if self.remote_wants is None:
+            return False
+        return self.remote_wants(site if kind == "event" else None)
+
+    def event_sites(self) -> frozenset[str] | None:
+        """The estates whose events a stream here reads; None: some stream reads every estate's."""
+        by_site = self._routes["event"]
+        if by_site.get(None):
+            return None
+        return frozenset(site for site, subs in by_site.items() if site is not None and subs)
 
     def latest_command(self, command_id: str) -> Any:
         """The last row published here with a change to ``command_id``, if it is still remembered: a
@@ -107,7 +116,7 @@ class Hub:
     @property
     def has_subscribers(self) -> bool:
         """Whether anyone may read what is published: a stream here, or one on another instance."""
-        return bool(self._subscribers) or (self.remote_listening is not None and self.remote_listening())
+        return bool(self._subscribers) or (self.remote_wants is not None and self.remote_wants(None))
 
     @property
     def subscriber_count(self) -> int:

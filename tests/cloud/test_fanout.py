@@ -163,3 +163,69 @@ async def test_messages_on_the_fanout_topic_are_checked_and_ones_own_not_shown_t
             await gw.send_batch(last)
             got = await stream.until(lambda got: last.events[0].id in _ids(got, "event"))
             assert _ids(got, "event")[1:] == [e.id for b in (unseen, stored, last) for e in b.events]
+
+
+async def test_an_estates_events_go_to_another_instance_only_while_a_stream_there_reads_it(
+    broker_port: int, sqlite_url: str
+) -> None:
+    settings = cloud_settings(broker_port, sqlite_url, fanout=True)
+    topic = cloud_fanout_topic(settings.topic_prefix)
+
+    def said(instance: str, *messages: dict[str, Any], **fields: Any) -> bytes:
+        body = {"v": 2, "instance": instance, "listeners": 1, "messages": list(messages), **fields}
+        return json.dumps(body).encode()
+
+    def marker(n: int) -> dict[str, Any]:
+        return {"kind": "event", "data": {"id": f"marker-{n}", "site_id": "estate-x", "type": "gate.opened"}}
+
+    async with (
+        running_cloud(settings) as cloud,
+        MqttClient("127.0.0.1", broker_port, client_id="cloud-other") as other,
+        FakeGateway(broker_port) as gw_a,
+        FakeGateway(broker_port, site="estate-c", gateway="gw-3") as gw_c,
+        streaming(cloud.http, kinds="event") as stream,
+    ):
+        await eventually(lambda: _fanout_ready(cloud.http))
+        await other.subscribe(topic)
+
+        async def tell(n: int, instance: str = "cloud-other", **fields: Any) -> None:
+            # Every message says where its sender's streams are. The instance handles one sender's
+            # messages in order: once the marker is on this instance's stream, the presence was taken in.
+            await other.publish(topic, said(instance, marker(n), **fields), qos=0)
+            await stream.until(lambda got: f"marker-{n}" in _ids(got, "event"))
+
+        async def stored(gw: FakeGateway, seq: int) -> str:
+            batch = make_batch([make_event("gate-1", "gate.opened", seq)], site=gw.site, gateway=gw.gateway)
+            await gw.send_batch(batch)
+            await stream.until(lambda got: batch.events[0].id in _ids(got, "event"))
+            return batch.events[0].id  # its hub has published it: whether it was forwarded is decided
+
+        async def forwarded_until(event_id: str) -> list[str]:
+            seen: list[str] = []
+            async with asyncio.timeout(5):
+                while event_id not in seen:
+                    with contextlib.suppress(ValidationError):
+                        parsed = FanoutBatch.model_validate_json((await other.get_message()).payload)
+                        if parsed.instance == settings.client_id:
+                            seen += [m.data["id"] for m in parsed.messages if m.kind == "event"]
+            return seen
+
+        # A console there on estate-b: estate-a's events stay here.
+        await tell(1, sites=["estate-b"])
+        unwatched = await stored(gw_a, 1)
+        # Then one opens estate-a.
+        await tell(2, sites=["estate-a"])
+        watched = await stored(gw_a, 2)
+        forwarded = await forwarded_until(watched)
+        assert unwatched not in forwarded
+
+        # estate-c: nobody reads it, until an instance of version 1 says it has a stream open (it means
+        # every estate) and a later version's field this one does not know is ignored, not refused.
+        before = await stored(gw_c, 3)
+        await tell(3, instance="cloud-old", v=1)
+        await tell(4, sites=[], shards=[1, 2])
+        after = await stored(gw_c, 4)
+        forwarded = await forwarded_until(after)
+        assert before not in forwarded
+        assert await metric(cloud.http, "steward_cloud_fanout_peers_listening") == 2
+        assert await metric(cloud.http, 'steward_cloud_fanout_messages_total{outcome="refused"}') == 0

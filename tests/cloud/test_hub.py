@@ -63,9 +63,29 @@ async def test_wants_says_whether_an_estates_events_reach_anyone() -> None:
             assert hub.wants("command", "estate-b")
             assert not hub.wants("event", "estate-b")
     assert not hub.wants("event", "estate-a")
-    # Another instance's streams do not say which estates they read: all are wanted while they listen.
-    hub.remote_listening = lambda: True
+    # Another instance's streams: events of the estates it reads; other kinds while any stream is open.
+    asked: list[str | None] = []
+
+    def remote_wants(site: str | None) -> bool:
+        asked.append(site)
+        return site in (None, "estate-b")
+
+    hub.remote_wants = remote_wants
     assert hub.wants("event", "estate-b")
+    assert not hub.wants("event", "estate-c")
+    assert hub.wants("command", "estate-c")
+    assert asked == ["estate-b", "estate-c", None]
+
+
+async def test_event_sites_names_the_estates_whose_events_a_stream_here_reads() -> None:
+    hub = Hub()
+    assert hub.event_sites() == frozenset()
+    async with hub.subscribe(["event", "command"], ["estate-a", "estate-b"]), hub.subscribe(["gateway"]):
+        assert hub.event_sites() == {"estate-a", "estate-b"}
+        async with hub.subscribe(["event"]):
+            assert hub.event_sites() is None  # one stream reads every estate's
+        assert hub.event_sites() == {"estate-a", "estate-b"}
+    assert hub.event_sites() == frozenset()
 
 
 async def test_a_slow_subscriber_loses_its_oldest_messages_not_the_others() -> None:
