@@ -4,7 +4,10 @@ whichever cloud instance they happened (see :mod:`cloud.fanout`).
 A caller sees only messages of their sites, or of the one ``site_id`` names (a console on one estate
 need not carry every estate's meter readings). Browsers' ``EventSource`` cannot set headers, so this route
 also takes the token as ``?access_token=``; the stream ends when that token expires or is revoked
-(checked at every heartbeat)."""
+(checked at every heartbeat).
+
+The first message, ``ready``, says the stream is subscribed: whatever happens from then on is sent, so
+a client reads its lists after ``ready`` (not on the connection's opening) and misses nothing."""
 
 from __future__ import annotations
 
@@ -64,7 +67,10 @@ async def stream(
         # others'; the checks below remain for messages that do not say their site.
         scope = [site_id] if site_id else (sorted(sites) if sites is not None else None)
         async with hub.subscribe(wanted, scope) as sub:
-            yield ": connected\n\n"
+            # An EventSource's "open" means the headers came, which left before this subscription: a
+            # console that reloads its lists on "ready" instead cannot miss a change in between.
+            ready = {"kinds": sorted(wanted), "site_id": site_id, "device_id": device_id}
+            yield f"event: ready\ndata: {json.dumps(ready)}\n\n"
             while True:
                 try:
                     message = await asyncio.wait_for(sub.queue.get(), HEARTBEAT_S)

@@ -143,7 +143,8 @@ async def test_stream_shows_only_the_callers_sites(broker_port: int, sqlite_url:
         ) as r:
             assert r.status_code == 200
             lines = r.aiter_lines()
-            assert await asyncio.wait_for(anext(lines), 5) == ": connected"
+            assert await asyncio.wait_for(anext(lines), 5) == "event: ready"
+            assert json.loads((await anext(lines)).removeprefix("data: "))["kinds"] == ["event"]
             await gw_b.send_batch(
                 make_batch([make_event("gate-b", "gate.closed", 2)], site=B, gateway="gw-b")
             )

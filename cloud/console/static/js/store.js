@@ -251,7 +251,9 @@ export function connectStream(siteId, { again = false } = {}) {
     emit("live");
     scheduleReconnect();
   });
-  source.addEventListener("open", () => {
+  // "ready", not "open": the server sends it once the stream is subscribed, so a change after the
+  // registry is read below is on the stream, by construction.
+  source.addEventListener("ready", () => {
     store.live = true;
     emit("live");
     // Whatever happened while (re)connecting: read the registry again.
