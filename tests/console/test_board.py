@@ -60,6 +60,9 @@ async def test_open_a_closed_gate_from_the_board(tmp_path: Path) -> None:
         await card.get_by_role("button", name="Open gate").click()
         dialog = page.get_by_role("dialog")
         await expect(dialog).to_contain_text("Open gate: East entrance, inbound (东门入口道闸) (east-gate)")
+        # Whom the gate opens for goes into the command's audit trail.
+        await dialog.get_by_label("Why").select_option("delivery")
+        await dialog.get_by_label("Apartment, plate or note").fill("  SF Express van for 1-1-1202 ")
         await dialog.get_by_role("button", name="Open gate").click()
         await expect(dialog).to_be_hidden()
 
@@ -74,6 +77,13 @@ async def test_open_a_closed_gate_from_the_board(tmp_path: Path) -> None:
         await expect(log).to_contain_text("Open gate — succeeded")
         # Named as the card is: the log says which gate, in the words people use.
         await expect(log.locator("li strong").first).to_have_text(card_title)
+        why = "delivery: SF Express van for 1-1-1202"
+        await expect(log.locator("li .why").first).to_have_text(f" · for {why}")
+        (sent,) = (await stack.http.get("/api/v1/commands", params={"action": "open", "issued_by": "admin",
+                                                                    "limit": 1})).json()["items"]  # fmt: skip
+        assert sent["reason"] == why
+        trail = (await stack.http.get(f"/api/v1/commands/{sent['id']}/audit")).json()
+        assert {row["reason"] for row in trail if row["status"] == "pending"} == {why}
 
         # A visitor calling too, so the board's artifact shows the intercom queue beside the gates.
         await stack.sims["intercom-b1"].call("apartment", "1-1-1202")

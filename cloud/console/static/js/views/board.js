@@ -53,7 +53,7 @@ function linkValue(dev) {
   return "unknown";
 }
 
-export function commandLine(record, tz) {
+export function commandLine(record, tz, { why = false } = {}) {
   const cmd = record.command;
   const final = FINAL.has(cmd.status);
   const reason = cmd.result_reason || (cmd.status === "error" ? cmd.reason : null);
@@ -65,18 +65,32 @@ export function commandLine(record, tz) {
     " ",
     h("time", { datetime: new Date(record.sentAt).toISOString() }, formatTime(new Date(record.sentAt).toISOString(), tz)),
     cmd.issued_by ? h("span", { class: "by" }, ` ${t("command.by", { user: cmd.issued_by })}`) : null,
+    why && cmd.reason && OPENING.has(record.action) ? h("span", { class: "why" }, ` · ${t("command.for", { why: cmd.reason })}`) : null,
   );
 }
 
+// Letting someone in is what the audit is for: the operator says for whom (the log has who and when).
+const OPENING = new Set(["open", "hold_open", "unlock", "hold_unlocked"]);
+const WHY = ["visitor", "delivery", "resident", "maintenance", "emergency", "other"];
+
 async function act(dev, action) {
   const name = `${deviceLabel(dev)}${dev.location ? ` — ${locationText(dev.location)}` : ""}`;
-  const ok = await confirmDialog({
+  const asks = OPENING.has(action);
+  const answer = await confirmDialog({
     message: t("confirm.command", { action: t(`action.${action}`), device: name }),
     confirmLabel: t(`action.${action}`),
+    fields: asks
+      ? [
+          { name: "why", type: "select", label: t("command.why"), options: WHY.map((w) => t(`why.${w}`)) },
+          { name: "note", label: t("command.note") },
+        ]
+      : [],
   });
-  if (!ok) return;
+  if (!answer) return;
   const who = store.user ? store.user.username : "console";
-  await sendCommand(dev, action, action === "unlock" ? { duration_s: 5 } : {}, `operations centre console (${who})`);
+  const note = asks ? answer.note.trim() : "";
+  const reason = asks ? `${answer.why}${note ? `: ${note}` : ""}` : `operations centre console (${who})`;
+  await sendCommand(dev, action, action === "unlock" ? { duration_s: 5 } : {}, reason.slice(0, 500));
 }
 
 function deviceCard(dev, tz) {
@@ -262,7 +276,7 @@ export function renderBoard(root, siteId) {
           { dataset: { device: record.command.device_id } },
           h("strong", {}, deviceLabel(store.devices.get(record.command.device_id), record.command.device_id)),
           " ",
-          commandLine(record, tz),
+          commandLine(record, tz, { why: true }),
         ),
       );
     }
