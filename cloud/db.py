@@ -201,7 +201,6 @@ class _SqliteThreads:
         self._dirty = False  # commits since the checkpointer last looked
         self._stop = threading.Event()
         self.wal_over_limit = False  # the next writer to finish runs a checkpoint to completion
-        self._page_bytes: int | None = None
         # The event loop's own two connections (read-only or not), kept checked out: a pool checkout,
         # its reset and its return cost a third of a command's short transaction.
         self._held: dict[bool, Connection] = {}
@@ -288,7 +287,7 @@ class _SqliteThreads:
                     # Even one that copies every page leaves the WAL growing: it starts afresh only if a
                     # writer begins with every page copied back, and under a steady stream of commits
                     # another has always committed first.
-                    if _checkpoint(self.engine) * self._page_size() > WAL_LIMIT_BYTES:
+                    if _checkpoint(self.engine) > WAL_LIMIT_BYTES:
                         self.wal_over_limit = True
             finally:
                 self._checkpointing.release()
@@ -321,12 +320,6 @@ class _SqliteThreads:
         with source.begin() as conn:
             return fn(conn, *args)
 
-    def _page_size(self) -> int:
-        if self._page_bytes is None:
-            with self.engine.connect() as conn:
-                self._page_bytes = int(conn.exec_driver_sql("PRAGMA page_size").scalar_one())
-        return self._page_bytes
-
     def dispose(self) -> None:
         self._stop.set()
         for pool in (self._writer, self._readers, self._checkpointer):
@@ -345,14 +338,17 @@ def _busy(exc: OperationalError) -> bool:
 
 
 def _checkpoint(engine: Engine) -> int:
-    """A passive checkpoint; the pages in the WAL (0 if it failed)."""
+    """A passive checkpoint; the bytes of pages in the WAL (0 if it failed)."""
     try:
         with engine.connect() as conn:
             # On the DB-API connection: through SQLAlchemy it would run inside a BEGIN, where SQLite
-            # refuses to checkpoint ("database table is locked").
+            # refuses to checkpoint ("database table is locked"). The page size too: this engine's BEGIN
+            # is IMMEDIATE, which waited (up to busy_timeout) for a steady stream of writers to pause, and
+            # meanwhile no checkpoint ran at all.
             raw = conn.connection.dbapi_connection
             _, wal_pages, _copied = raw.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()  # type: ignore[union-attr]
-            return int(wal_pages)
+            (page_size,) = raw.execute("PRAGMA page_size").fetchone()  # type: ignore[union-attr]
+            return int(wal_pages) * int(page_size)
     except Exception as exc:  # nobody awaits this job; the next one tries again
         log.warning("db.checkpoint_failed", error=str(exc)[:200])
         return 0
