@@ -91,7 +91,7 @@ class CommandService:
         )
         bound = log.bind(command=cmd.id, device=cmd.device_id, gateway=cmd.gateway_id, action=cmd.action)
         if cmd.status == CommandStatus.EXPIRED.value:
-            self.metrics.commands[cmd.status] += 1
+            self.metrics.command_changed(cmd)
             self.hub.publish("command", command_json(cmd), row=cmd)
             bound.warning("command.not_sent", issued_by=cmd.issued_by, reason=cmd.result_reason)
             return cmd
@@ -117,7 +117,7 @@ class CommandService:
                 # would tell the operator otherwise (and ignore the gateway's result); it stays sent,
                 # and its result or, at its expiry, the sweeper ends it.
                 bound.warning("command.publish_unconfirmed", error=str(exc))
-                self.metrics.commands[cmd.status] += 1
+                self.metrics.command_changed(cmd)
                 self.hub.publish("command", command_json(cmd), row=cmd)
                 raise BrokerUnavailable(
                     f"command {cmd.id} not confirmed by the MQTT broker ({exc}); it may still run: "
@@ -127,7 +127,7 @@ class CommandService:
             why = f"not sent: the MQTT broker is unavailable ({exc})"
             await self._advance(cmd.id, CommandStatus.FAILED, why)
             raise BrokerUnavailable(f"command {cmd.id} {why}") from None
-        self.metrics.commands[cmd.status] += 1
+        self.metrics.command_changed(cmd)
         self.hub.publish("command", command_json(cmd), row=cmd)
         bound.info("command.sent", issued_by=cmd.issued_by, expires_at=cmd.expires_at.isoformat())
         return cmd
@@ -135,7 +135,7 @@ class CommandService:
     async def _advance(self, command_id: str, status: CommandStatus, reason: str | None) -> CommandRow | None:
         row = await db.write(self.sessions, command_store.advance, command_id, status, reason, utcnow())
         if row is not None:
-            self.metrics.commands[row.status] += 1
+            self.metrics.command_changed(row)
             self.hub.publish("command", command_json(row), row=row)
         return row
 
@@ -200,7 +200,7 @@ class CommandService:
         offline_after = self.settings.gateway_offline_after_s
         expired, silent = await db.write(self.sessions, _sweep, utcnow(), offline_after)
         for row in expired:
-            self.metrics.commands[row.status] += 1
+            self.metrics.command_changed(row)
             log.info("command.expired", command=row.id, device=row.device_id, gateway=row.gateway_id)
             self.hub.publish("command", command_json(row), row=row)
         for gateway_id in silent:

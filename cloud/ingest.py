@@ -605,7 +605,7 @@ class Ingest:
             applied=changed is not None,
         )
         if changed is not None:
-            self.metrics.commands[changed.status] += 1
+            self.metrics.command_changed(changed)
             self.hub.publish("command", command_json(changed), row=changed)
 
     async def _status(self, topics: Topics, payload: bytes) -> None:

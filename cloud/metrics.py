@@ -4,8 +4,44 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 ACK_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+# Issued to final: milliseconds for a door's relay, a gate's travel (15 s by default), up to its expiry.
+COMMAND_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0)
+_FINAL = frozenset({"succeeded", "failed", "rejected", "expired"})
+
+
+@dataclass
+class Histogram:
+    """One Prometheus histogram series (cumulative buckets)."""
+
+    bounds: tuple[float, ...]
+    buckets: list[int] = field(default_factory=list)
+    count: int = 0
+    total: float = 0.0
+
+    def observe(self, value: float) -> None:
+        if not self.buckets:
+            self.buckets = [0] * len(self.bounds)
+        self.count += 1
+        self.total += value
+        for i, bound in enumerate(self.bounds):
+            if value <= bound:
+                self.buckets[i] += 1
+
+    def lines(self, name: str, labels: str = "") -> list[str]:
+        sep = "," if labels else ""
+        counts = self.buckets or [0] * len(self.bounds)
+        return [
+            *(
+                f'{name}_bucket{{{labels}{sep}le="{b}"}} {n}'
+                for b, n in zip(self.bounds, counts, strict=True)
+            ),
+            f'{name}_bucket{{{labels}{sep}le="+Inf"}} {self.count}',
+            f"{name}_sum{{{labels}}} {self.total:.6f}" if labels else f"{name}_sum {self.total:.6f}",
+            f"{name}_count{{{labels}}} {self.count}" if labels else f"{name}_count {self.count}",
+        ]
 
 
 @dataclass
@@ -19,9 +55,9 @@ class Metrics:
     rejected: Counter[str] = field(default_factory=Counter)
     store_errors: int = 0
     commands: Counter[str] = field(default_factory=Counter)
-    ack_count: int = 0
-    ack_sum: float = 0.0
-    ack_buckets: list[int] = field(default_factory=lambda: [0] * len(ACK_BUCKETS))
+    ack: Histogram = field(default_factory=lambda: Histogram(ACK_BUCKETS))
+    # (action, final status) -> issued to final, as this instance saw the command end
+    command_seconds: dict[tuple[str, str], Histogram] = field(default_factory=dict)
     fanout_sent: int = 0  # MQTT messages carrying this instance's live stream to the others
     fanout_received: int = 0  # such messages from other instances
     fanout_dropped: int = 0  # live-stream messages not sent: the broker was away, or too many waited
@@ -31,11 +67,18 @@ class Metrics:
     fanout_ready: bool = False  # subscribed, and our own probe came back through the broker
 
     def observe_ack(self, seconds: float) -> None:
-        self.ack_count += 1
-        self.ack_sum += seconds
-        for i, bound in enumerate(ACK_BUCKETS):
-            if seconds <= bound:
-                self.ack_buckets[i] += 1
+        self.ack.observe(seconds)
+
+    def command_changed(self, row: Any) -> None:
+        """A command's status changed here (``row``: its committed row): counted by status, and when final,
+        how long it took from its issue, by action and outcome."""
+        self.commands[row.status] += 1
+        if row.status in _FINAL:
+            key = (row.action, row.status)
+            series = self.command_seconds.get(key)
+            if series is None:
+                series = self.command_seconds[key] = Histogram(COMMAND_BUCKETS)
+            series.observe(max(0.0, (row.updated_at - row.issued_at).total_seconds()))
 
     def render(self, gateways_online: int, gateways_skewed: int, device_id_clashes: int = 0) -> str:
         p = "steward_cloud_"
@@ -63,13 +106,17 @@ class Metrics:
             *(f'{p}command_updates_total{{status="{s}"}} {n}' for s, n in sorted(self.commands.items())),
             f"# HELP {p}ack_latency_seconds Batch dequeued to its ack PUBACKed.",
             f"# TYPE {p}ack_latency_seconds histogram",
+            *self.ack.lines(f"{p}ack_latency_seconds"),
+            f"# HELP {p}command_duration_seconds Commands issued to final (the operator's wait: a gate's"
+            " travel included), by action and outcome, for those whose end this instance saw.",
+            f"# TYPE {p}command_duration_seconds histogram",
             *(
-                f'{p}ack_latency_seconds_bucket{{le="{b}"}} {n}'
-                for b, n in zip(ACK_BUCKETS, self.ack_buckets, strict=True)
+                line
+                for (action, status), series in sorted(self.command_seconds.items())
+                for line in series.lines(
+                    f"{p}command_duration_seconds", f'action="{action}",outcome="{status}"'
+                )
             ),
-            f'{p}ack_latency_seconds_bucket{{le="+Inf"}} {self.ack_count}',
-            f"{p}ack_latency_seconds_sum {self.ack_sum:.6f}",
-            f"{p}ack_latency_seconds_count {self.ack_count}",
             f"# HELP {p}gateways_online Gateways currently online.",
             f"# TYPE {p}gateways_online gauge",
             f"{p}gateways_online {gateways_online}",

@@ -102,6 +102,15 @@ async def test_open_gate_accepted_then_succeeded(broker_port: int, cloud_db: Clo
         assert "ignored" in audit[-1]["reason"]
         final = (await cloud.http.get(f"/api/v1/commands/{cmd['id']}")).json()
         assert final["status"] == "succeeded"
+        # How long the operator waited, issued to final: in /metrics, by action and outcome.
+        took = (
+            datetime.fromisoformat(final["updated_at"]) - datetime.fromisoformat(final["issued_at"])
+        ).total_seconds()
+        series = 'steward_cloud_command_duration_seconds_{}{{action="open",outcome="succeeded"}}'
+        samples = dict(line.rsplit(" ", 1) for line in (await cloud.http.get("/metrics")).text.splitlines())
+        assert samples[series.format("count")] == "1"
+        assert float(samples[series.format("sum")]) == pytest.approx(took, abs=1e-3)
+        assert samples[series.format("bucket").replace("}", ',le="60.0"}')] == "1"
 
 
 async def test_post_with_wait_answers_when_the_command_finished(broker_port: int, cloud_db: CloudDb) -> None:
@@ -253,6 +262,7 @@ async def test_command_to_an_offline_gateway_expires_at_once_unsent(
         ]
         metrics = (await cloud.http.get("/metrics")).text
         assert 'steward_cloud_command_updates_total{status="expired"} 1' in metrics
+        assert 'steward_cloud_command_duration_seconds_count{action="open",outcome="expired"} 1' in metrics
 
         # Back online: commands go out again.
         await gw.send_status(online=True)
