@@ -75,6 +75,52 @@ async def test_a_call_that_ends_leaves_the_queue(tmp_path: Path) -> None:
         assert sim.unlocks == 0
 
 
+async def test_a_reload_that_read_before_a_call_ended_does_not_bring_it_back(tmp_path: Path) -> None:
+    """The board reads the calls again when it is drawn and when the stream comes back; a read that left
+    before the call ended, answered after the stream said so, must not put the call back in the queue."""
+    from playwright.async_api import Route, expect
+
+    async with running_console(tmp_path, [intercom()]) as console:
+        stack = console.stack
+        await stack.wait_for("/api/v1/devices/intercom-b1")
+        sim = stack.sims["intercom-b1"]
+        await console.open()
+        await console.open_site("oak-garden")
+        page = console.page
+        call_id = await sim.call("centre")
+        item = page.locator(f'#call-queue li[data-call="{call_id}"]')
+        await expect(item).to_have_count(1)
+
+        hang_up_done, all_out = asyncio.Event(), asyncio.Event()
+        held: list[asyncio.Task[None]] = []
+
+        async def late(route: Route) -> None:
+            response = await route.fetch()  # read now, while the call is still on
+            await asyncio.wait_for(hang_up_done.wait(), 10)
+            await route.fulfill(response=response)
+
+        async def hold(route: Route) -> None:
+            held.append(asyncio.ensure_future(late(route)))
+            if len(held) == 4:  # one read per call event type
+                all_out.set()
+
+        await page.route("**/api/v1/events?*", hold)
+        await page.get_by_role("link", name="Events").click()
+        await page.get_by_role("link", name="Board").click()
+        await expect(item).to_have_count(1)
+        # The board's reads are out; they answer after the hang-up.
+        await asyncio.wait_for(all_out.wait(), 5)
+        await sim.hang_up()
+        await expect(item).to_have_count(0)  # from the stream
+        hang_up_done.set()
+        await asyncio.gather(*held)
+        await page.unroute("**/api/v1/events?*")
+        await page.wait_for_timeout(
+            500
+        )  # the late answers are handled (nothing to wait on: they change nothing)
+        await expect(item).to_have_count(0)
+
+
 async def test_a_result_before_the_posts_answer_shows_once_and_ends_the_call(tmp_path: Path) -> None:
     """The stream can bring a command's result before the POST that issued it has answered (the gateway
     is fast, the answer slow): the console holds it until it knows the command is its own."""

@@ -73,6 +73,8 @@ export const store = {
   gateways: new Map(), // every estate's: id -> {id, site_id, online}, for the estate list's health
   commands: new Map(), // id -> {command, action, deviceId, callId, sentAt}
   calls: new Map(), // call_id -> {call_id, device_id, site_id, target, apartment, started_at, location}
+  // Calls answered here or seen ending on the stream: a reload whose reads left before that must not
+  // bring them back.
   handledCalls: new Set(),
   live: false,
   features: { workorders: new Map() }, // site id -> true/false
@@ -187,8 +189,9 @@ function onEvent(ev) {
   if (ev.type === "intercom.call_started" && ev.data.call_id && !store.handledCalls.has(ev.data.call_id)) {
     store.calls.set(ev.data.call_id, callFromEvent(ev));
     emit("calls");
-  } else if (CALL_END.has(ev.type) && store.calls.delete(ev.data.call_id)) {
-    emit("calls");
+  } else if (CALL_END.has(ev.type) && ev.data.call_id) {
+    store.handledCalls.add(ev.data.call_id);
+    if (store.calls.delete(ev.data.call_id)) emit("calls");
   }
   emit("event", ev);
 }
