@@ -177,6 +177,7 @@ class ReadingSeries(BaseModel):
 class ReadingsOut(BaseModel):
     device_id: str
     bucket_s: int
+    timezone: str = Field(description="The IANA zone whose wall clock the buckets follow")
     series: list[ReadingSeries]
 
 

@@ -6,13 +6,14 @@ another site: 403); a device of another site: 403."""
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
-from sqlalchemy import func, select
+from sqlalchemy import BigInteger, case, func, literal, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from cloud import local_time
 from cloud.api.deps import ReadSessionDep
 from cloud.api.paging import after, key_cursor, page, require_aware
 from cloud.auth.deps import CurrentUser, require_site, site_clause
@@ -156,35 +157,65 @@ async def get_readings(
     to: datetime | None = None,
     bucket: Annotated[str, Query(description="30s, 15m, 1h, 1d")] = "1h",
     point: str | None = None,
+    tz: Annotated[
+        str | None,
+        Query(description="IANA zone whose wall clock the buckets follow; default: the estate's, else UTC"),
+    ] = None,
 ) -> ReadingsOut:
-    """Numeric history of a device's points (from meter/sensor readings), aggregated per time bucket."""
+    """Numeric history of a device's points (from meter/sensor readings), aggregated per time bucket.
+
+    Buckets follow the estate's wall clock (its site config's ``timezone``), so a day is its local day;
+    on a day a clock change makes 23 or 25 hours long, that day's bucket is too."""
     device = await session.get(Device, device_id)
     if device is None:
         raise NotFound(f"no device {device_id!r}")
     require_site(user, device.site_id)
     size_ms = parse_bucket(bucket) * 1000
     require_aware(("from", from_), ("to", to))
-    start = (Reading.ts_ms - Reading.ts_ms % size_ms).label("start")
-    query = select(
-        Reading.point,
-        start,
-        func.count().label("n"),
-        func.min(Reading.value),
-        func.max(Reading.value),
-        func.avg(Reading.value),
-    ).where(Reading.device_id == device_id)
+    if tz is None:
+        site = await session.get(Site, device.site_id)
+        tz = (site.timezone if site is not None else None) or "UTC"
+    try:
+        zone = local_time.zone(tz)
+    except ValueError as exc:
+        raise BadQuery(str(exc)) from None
+
+    where = [Reading.device_id == device_id]
     if from_ is not None:
-        query = query.where(Reading.ts_ms >= int(from_.timestamp() * 1000))
+        where.append(Reading.ts_ms >= int(from_.timestamp() * 1000))
     if to is not None:
-        query = query.where(Reading.ts_ms < int(to.timestamp() * 1000))
+        where.append(Reading.ts_ms < int(to.timestamp() * 1000))
     if point:
-        query = query.where(Reading.point == point)
-    query = query.group_by(Reading.point, start).order_by(Reading.point, start)
+        where.append(Reading.point == point)
+    if from_ is not None and to is not None:
+        span: tuple[int | None, int | None] = (int(from_.timestamp() * 1000), int(to.timestamp() * 1000))
+    else:
+        found = (
+            await session.execute(select(func.min(Reading.ts_ms), func.max(Reading.ts_ms)).where(*where))
+        ).one()
+        span = (found[0], found[1])
+    if span[0] is None or span[1] is None:
+        return ReadingsOut(device_id=device_id, bucket_s=size_ms // 1000, timezone=zone.key, series=[])
+    local = Reading.ts_ms + _offset_sql(local_time.offsets(zone, int(span[0]), int(span[1])))
+    start = (local - local % size_ms).label("start")
+    query = (
+        select(
+            Reading.point,
+            start,
+            func.count().label("n"),
+            func.min(Reading.value),
+            func.max(Reading.value),
+            func.avg(Reading.value),
+        )
+        .where(*where)
+        .group_by(Reading.point, start)
+        .order_by(Reading.point, start)
+    )
     series: dict[str, list[Bucket]] = {}
     for name, bucket_ms, n, lo, hi, avg in (await session.execute(query)).all():
         series.setdefault(name, []).append(
             Bucket(
-                start=datetime.fromtimestamp(int(bucket_ms) / 1000, tz=UTC),
+                start=local_time.utc_start(int(bucket_ms), zone),
                 count=n,
                 min=lo,
                 max=hi,
@@ -194,5 +225,15 @@ async def get_readings(
     return ReadingsOut(
         device_id=device_id,
         bucket_s=size_ms // 1000,
+        timezone=zone.key,
         series=[ReadingSeries(point=p, buckets=b) for p, b in series.items()],
     )
+
+
+def _offset_sql(pieces: list[tuple[int | None, int]]) -> Any:
+    """The UTC offset of each reading's time, in milliseconds, from :func:`cloud.local_time.offsets`."""
+    last = literal(pieces[-1][1], BigInteger)
+    if len(pieces) == 1:
+        return last
+    whens = [(Reading.ts_ms < until, literal(offset, BigInteger)) for until, offset in pieces[:-1]]
+    return case(*whens, else_=last)

@@ -18,6 +18,7 @@ from tests.cloud.support import (
     running_cloud,
     streaming,
 )
+from tests.stack import CloudDb
 
 
 @pytest.mark.parametrize("dialect", ["sqlite", "postgresql"])
@@ -65,6 +66,62 @@ async def test_readings_bucketed_per_point(broker_port: int, sqlite_url: str, di
                 conn = await asyncpg.connect("postgresql://postgres@127.0.0.1:5432/test")
                 await conn.execute(f'DROP SCHEMA "{settings.database_schema}" CASCADE')
                 await conn.close()
+
+
+async def test_readings_buckets_follow_the_estates_wall_clock(broker_port: int, cloud_db: CloudDb) -> None:
+    """A day of readings is the estate's day: Shanghai's starts at 16:00 UTC the day before. Another zone
+    may be asked for; across a clock change a day has the hours the clock gave it."""
+    url, extra = cloud_db
+    at = [
+        datetime(2026, 3, 7, 15, 0, tzinfo=UTC),  # 23:00 in Shanghai, 10:00 in New York (EST)
+        datetime(2026, 3, 7, 16, 30, tzinfo=UTC),  # 00:30 on the 8th in Shanghai
+        datetime(2026, 3, 8, 12, 0, tzinfo=UTC),  # 08:00 on the 8th in New York (EDT since 07:00 UTC)
+        datetime(2026, 3, 9, 3, 30, tzinfo=UTC),  # 23:30 on the 8th in New York
+        datetime(2026, 3, 9, 4, 30, tzinfo=UTC),  # 00:30 on the 9th in New York
+    ]
+    events = [
+        make_event("meter-1", "meter.reading", i, {"energy_kwh": float(i)}, ts=ts) for i, ts in enumerate(at)
+    ]
+
+    async def days(**params: str) -> tuple[str, list[tuple[datetime, int]]]:
+        resp = await cloud.http.get("/api/v1/devices/meter-1/readings", params={"bucket": "1d", **params})
+        assert resp.status_code == 200, resp.text
+        (series,) = resp.json()["series"]
+        return resp.json()["timezone"], [
+            (datetime.fromisoformat(b["start"]), b["count"]) for b in series["buckets"]
+        ]
+
+    async with (
+        running_cloud(cloud_settings(broker_port, url, **extra)) as cloud,
+        FakeGateway(broker_port) as gw,
+    ):
+        await gw.send_status(online=True)  # its site config's zone: Asia/Shanghai
+        await gw.send_batch(make_batch(events))
+        await gw.next_ack()
+        assert await days() == (
+            "Asia/Shanghai",
+            [
+                (datetime(2026, 3, 6, 16, tzinfo=UTC), 1),  # the 7th, local
+                (datetime(2026, 3, 7, 16, tzinfo=UTC), 2),
+                (datetime(2026, 3, 8, 16, tzinfo=UTC), 2),
+            ],
+        )
+        assert await days(tz="UTC") == (
+            "UTC",
+            [(datetime(2026, 3, d, tzinfo=UTC), n) for d, n in ((7, 2), (8, 1), (9, 2))],
+        )
+        window = {"from": "2026-03-01T00:00:00+00:00", "to": "2026-04-01T00:00:00+00:00"}
+        assert await days(tz="America/New_York", **window) == (
+            "America/New_York",
+            [
+                (datetime(2026, 3, 7, 5, tzinfo=UTC), 2),  # the 7th, EST
+                (datetime(2026, 3, 8, 5, tzinfo=UTC), 2),  # the 8th: 23 hours long
+                (datetime(2026, 3, 9, 4, tzinfo=UTC), 1),  # the 9th, EDT
+            ],
+        )
+        bad = await cloud.http.get("/api/v1/devices/meter-1/readings", params={"tz": "Mars/Olympus"})
+        assert (bad.status_code, bad.json()["error"]["code"]) == (400, "bad_query")
+        assert "Mars/Olympus" in bad.json()["error"]["message"]
 
 
 async def test_gateway_with_wrong_clock_is_flagged(broker_port: int, sqlite_url: str) -> None:
