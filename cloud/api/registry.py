@@ -6,6 +6,7 @@ another site: 403); a device of another site: 403."""
 from __future__ import annotations
 
 import re
+import time
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -196,7 +197,13 @@ async def get_readings(
         span = (found[0], found[1])
     if span[0] is None or span[1] is None:
         return ReadingsOut(device_id=device_id, bucket_s=size_ms // 1000, timezone=zone.key, series=[])
-    local = Reading.ts_ms + _offset_sql(local_time.offsets(zone, int(span[0]), int(span[1])))
+    # The offsets are looked up a day at a time: a range of centuries (to=9999) would cost the event
+    # loop seconds. Readings are from this decade; before and after the window the first and last
+    # offsets hold.
+    now_ms = int(time.time() * 1000)
+    lo = min(max(int(span[0]), now_ms - _OFFSET_WINDOW_MS), now_ms)
+    hi = max(min(int(span[1]), now_ms + _OFFSET_WINDOW_MS), lo)
+    local = Reading.ts_ms + _offset_sql(local_time.offsets(zone, lo, hi))
     start = (local - local % size_ms).label("start")
     query = (
         select(
@@ -228,6 +235,9 @@ async def get_readings(
         timezone=zone.key,
         series=[ReadingSeries(point=p, buckets=b) for p, b in series.items()],
     )
+
+
+_OFFSET_WINDOW_MS = 30 * 366 * 86_400_000
 
 
 def _offset_sql(pieces: list[tuple[int | None, int]]) -> Any:
