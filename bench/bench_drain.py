@@ -360,6 +360,12 @@ async def _run(
                     if (await gw.buffer.stats()).depth == 0:  # type: ignore[union-attr]
                         break
                 elapsed = time.perf_counter() - started
+                # The WAL keeps its high-water mark until the last connection closes: how far it grew
+                # while the drain never paused (checkpoints hold it near cloud.db's WAL_LIMIT_BYTES).
+                wal = db.with_name(db.name + "-wal")
+                wal_peak = (
+                    wal.stat().st_size if cloud_kind != "trivial" and not pg_url and wal.exists() else None
+                )
                 cpu = {name: _cpu_s(pid) - cpu0[name] for name, pid in pids.items()}
                 cpu["gateway"] = time.process_time() - cpu0["gateway"]
                 # The event loop's share of the cloud's CPU; the rest is mostly SQLite's (aiosqlite) thread.
@@ -386,6 +392,8 @@ async def _run(
         )
         print(f"topology: gateway process; broker: {broker_where}; {where}{' on uvloop' if uvloop else ''}")
         print(f"store: {'postgresql' if pg_url else 'sqlite'}")
+        if wal_peak is not None:
+            print(f"cloud.db-wal high-water mark: {wal_peak / 2**20:.1f} MiB")
         if console:
             print(f"a console open on another estate ('elsewhere'): {streamed:,} events streamed to it")
         print(f"end to end: {n:,} events in {elapsed:.1f} s = {rate:,.0f} events/s (goal >= {GOAL_RATE:,})")
