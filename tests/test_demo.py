@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 import signal
 import socket
 import subprocess
@@ -9,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from steward.broker import free_port
@@ -77,6 +80,20 @@ def test_demo_prints_how_to_open_a_gate_and_stops_cleanly_on_ctrl_c(tmp_path: Pa
                 break
         text = "".join(lines)
         assert f"curl -s -X POST http://127.0.0.1:{http}/api/v1/devices/east-gate-in/commands" in text, text
+        # What it prints works: sign in with the password shown, send the open it shows, read the log.
+        (password,) = re.findall(r"Log in as 'admin', password '([^']+)'", text)
+        (body,) = re.findall(r"-d '(\{\"action\": \"open\".*?\})'", text)
+        base = f"http://127.0.0.1:{http}/api/v1"
+        with httpx.Client(base_url=base, timeout=30) as http_client:
+            login = http_client.post("/auth/login", json={"username": "admin", "password": password})
+            auth = {"Authorization": f"Bearer {login.json()['access_token']}"}
+            sent = http_client.post(
+                "/devices/east-gate-in/commands", params={"wait": 20}, json=json.loads(body), headers=auth
+            )
+            assert sent.status_code in (200, 202), sent.text
+            assert sent.json()["status"] == "succeeded", sent.json()
+            (logged,) = http_client.get("/commands", headers=auth).json()["items"]
+            assert (logged["id"], logged["reason"]) == (sent.json()["id"], json.loads(body)["reason"])
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=30)
     finally:
