@@ -6,10 +6,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from protocol import CommandStatus
+
 ACK_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 # Issued to final: milliseconds for a door's relay, a gate's travel (15 s by default), up to its expiry.
 COMMAND_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0)
-_FINAL = frozenset({"succeeded", "failed", "rejected", "expired"})
 
 
 @dataclass
@@ -17,13 +18,14 @@ class Histogram:
     """One Prometheus histogram series (cumulative buckets)."""
 
     bounds: tuple[float, ...]
-    buckets: list[int] = field(default_factory=list)
+    buckets: list[int] = field(init=False)
     count: int = 0
     total: float = 0.0
 
+    def __post_init__(self) -> None:
+        self.buckets = [0] * len(self.bounds)
+
     def observe(self, value: float) -> None:
-        if not self.buckets:
-            self.buckets = [0] * len(self.bounds)
         self.count += 1
         self.total += value
         for i, bound in enumerate(self.bounds):
@@ -32,11 +34,10 @@ class Histogram:
 
     def lines(self, name: str, labels: str = "") -> list[str]:
         sep = "," if labels else ""
-        counts = self.buckets or [0] * len(self.bounds)
         return [
             *(
                 f'{name}_bucket{{{labels}{sep}le="{b}"}} {n}'
-                for b, n in zip(self.bounds, counts, strict=True)
+                for b, n in zip(self.bounds, self.buckets, strict=True)
             ),
             f'{name}_bucket{{{labels}{sep}le="+Inf"}} {self.count}',
             f"{name}_sum{{{labels}}} {self.total:.6f}" if labels else f"{name}_sum {self.total:.6f}",
@@ -73,7 +74,7 @@ class Metrics:
         """A command's status changed here (``row``: its committed row): counted by status, and when final,
         how long it took from its issue, by action and outcome."""
         self.commands[row.status] += 1
-        if row.status in _FINAL:
+        if CommandStatus(row.status).final:
             key = (row.action, row.status)
             series = self.command_seconds.get(key)
             if series is None:

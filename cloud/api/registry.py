@@ -201,9 +201,9 @@ async def get_readings(
     # loop seconds. Readings are from this decade; before and after the window the first and last
     # offsets hold.
     now_ms = int(time.time() * 1000)
-    lo = min(max(int(span[0]), now_ms - _OFFSET_WINDOW_MS), now_ms)
-    hi = max(min(int(span[1]), now_ms + _OFFSET_WINDOW_MS), lo)
-    local = Reading.ts_ms + _offset_sql(local_time.offsets(zone, lo, hi))
+    first = min(max(int(span[0]), now_ms - _OFFSET_WINDOW_MS), now_ms)
+    last = max(min(int(span[1]), now_ms + _OFFSET_WINDOW_MS), first)
+    local = Reading.ts_ms + _offset_sql(local_time.offsets(zone, first, last))
     start = (local - local % size_ms).label("start")
     query = (
         select(
