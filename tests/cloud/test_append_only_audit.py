@@ -74,3 +74,31 @@ async def test_postgresql_refuses_to_truncate_an_audit_table(
         async with sessions() as s, s.begin():
             await s.execute(text("TRUNCATE command_audit"))
     assert await _count(sessions, CommandAudit) == 1
+
+
+async def test_the_guard_comes_off_with_its_migration(sessions: async_sessionmaker[AsyncSession]) -> None:
+    """Downgrading migration 0011 drops its triggers (and PostgreSQL's function): the trail can be
+    changed again, by whoever runs the downgrade; upgrading puts the guard back."""
+    from alembic import command
+    from sqlalchemy import Connection
+
+    from cloud.db import alembic_config
+
+    await _trail(sessions)
+
+    def migrate(conn: Connection, target: str) -> None:
+        if target == "heads":
+            command.upgrade(alembic_config(conn), target)
+        else:
+            command.downgrade(alembic_config(conn), target)
+
+    engine = sessions.kw["bind"]
+    async with engine.begin() as conn:
+        await conn.run_sync(migrate, "append_only_audit@-1")
+    async with sessions() as s, s.begin():
+        await s.execute(update(AuthAuditRow).values(action="rewritten"))
+    async with engine.begin() as conn:
+        await conn.run_sync(migrate, "heads")
+    with pytest.raises(DBAPIError, match="auth_audit is append-only"):
+        async with sessions() as s, s.begin():
+            await s.execute(delete(AuthAuditRow))
