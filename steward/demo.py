@@ -61,9 +61,7 @@ def _banner(site: SiteConfig, http_port: int, credentials: tuple[str, str]) -> N
             "-H \"Authorization: Bearer $TOKEN\" -H 'content-type: application/json' "
             '-d \'{"action": "open", "reason": "visitor: delivery for 1-1-1202"}\''
         )
-        _say(
-            f"  Who opened what, and why: curl -s -H \"Authorization: Bearer $TOKEN\" {base}/api/v1/commands"
-        )
+        _say(f'  Who opened what, and why: curl -s -H "Authorization: Bearer $TOKEN" {base}/api/v1/commands')
     _say(f"  See what happened: curl -s -H \"Authorization: Bearer $TOKEN\" '{base}/api/v1/events?limit=20'")
     _say(f"  API docs: {base}/docs     Stop: Ctrl-C")
     _say("")

@@ -197,6 +197,15 @@ async def get_readings(
         span = (found[0], found[1])
     if span[0] is None or span[1] is None:
         return ReadingsOut(device_id=device_id, bucket_s=size_ms // 1000, timezone=zone.key, series=[])
+    # As Prometheus limits a query's points: a year at bucket=1s would be one bucket per reading, an
+    # answer of hundreds of megabytes built on the event loop.
+    width = int(span[1]) - int(span[0]) + (0 if to is not None else 1)  # `to` is exclusive, a reading not
+    buckets = -(-width // size_ms)
+    if buckets > MAX_BUCKETS:
+        raise BadQuery(
+            f"bucket={bucket} over {_days(int(span[1]) - int(span[0]))} would be {buckets:,} buckets"
+            f" per point; at most {MAX_BUCKETS:,}: ask for a larger bucket or a shorter from/to"
+        )
     # The offsets are looked up a day at a time: a range of centuries (to=9999) would cost the event
     # loop seconds. Readings are from this decade; before and after the window the first and last
     # offsets hold.
@@ -238,6 +247,12 @@ async def get_readings(
 
 
 _OFFSET_WINDOW_MS = 30 * 366 * 86_400_000
+MAX_BUCKETS = 11_000  # per point: a year of hours, a month of 5 minutes
+
+
+def _days(ms: int) -> str:
+    days = ms / 86_400_000
+    return f"{days:,.1f} days" if days >= 1 else f"{ms / 3_600_000:,.1f} hours"
 
 
 def _offset_sql(pieces: list[tuple[int | None, int]]) -> Any:

@@ -121,13 +121,20 @@ async def test_readings_buckets_follow_the_estates_wall_clock(broker_port: int, 
             ],
         )
         # A range of centuries costs no more than the last decades (the offsets are looked up per day).
-        forever = {"from": "0001-01-01T00:00:00+00:00", "to": "9999-12-31T00:00:00+00:00"}
+        forever = {"from": "0001-01-01T00:00:00+00:00", "to": "9999-12-31T00:00:00+00:00", "bucket": "400d"}
         started = time.monotonic()
-        assert (await days(tz="America/New_York", **forever))[1][1] == (
-            datetime(2026, 3, 8, 5, tzinfo=UTC),
-            2,
+        resp = await cloud.http.get(
+            "/api/v1/devices/meter-1/readings", params={"tz": "Asia/Tokyo", **forever}
         )
         assert time.monotonic() - started < 2
+        assert resp.status_code == 200, resp.text
+        assert sum(b["count"] for b in resp.json()["series"][0]["buckets"]) == len(at)
+        # A year at one second would be a bucket per reading: refused, saying what to ask instead.
+        year = {"from": "2026-01-01T00:00:00+00:00", "to": "2027-01-01T00:00:00+00:00"}
+        too_fine = await cloud.http.get("/api/v1/devices/meter-1/readings", params={"bucket": "1s", **year})
+        assert (too_fine.status_code, too_fine.json()["error"]["code"]) == (400, "bad_query")
+        assert "31,536,000 buckets per point; at most 11,000" in too_fine.json()["error"]["message"]
+        assert len((await days(tz="UTC", **year))[1]) == 3  # the same year by day is fine
         bad = await cloud.http.get("/api/v1/devices/meter-1/readings", params={"tz": "Mars/Olympus"})
         assert (bad.status_code, bad.json()["error"]["code"]) == (400, "bad_query")
         assert "Mars/Olympus" in bad.json()["error"]["message"]
