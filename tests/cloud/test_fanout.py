@@ -229,3 +229,35 @@ async def test_an_estates_events_go_to_another_instance_only_while_a_stream_ther
         assert before not in forwarded
         assert await metric(cloud.http, "steward_cloud_fanout_peers_listening") == 2
         assert await metric(cloud.http, 'steward_cloud_fanout_messages_total{outcome="refused"}') == 0
+
+
+async def test_an_instance_says_which_estates_its_streams_read(broker_port: int, sqlite_url: str) -> None:
+    settings = cloud_settings(broker_port, sqlite_url, fanout=True)
+    topic = cloud_fanout_topic(settings.topic_prefix)
+    async with (
+        running_cloud(settings) as cloud,
+        MqttClient("127.0.0.1", broker_port, client_id="cloud-other") as other,
+    ):
+        await eventually(lambda: _fanout_ready(cloud.http))
+        await other.subscribe(topic)
+
+        async def presence(done: Any) -> FanoutBatch:
+            # Said at once when a stream opens or closes, and every 5 s while any is open.
+            async with asyncio.timeout(10):
+                while True:
+                    with contextlib.suppress(ValidationError):
+                        said = FanoutBatch.model_validate_json((await other.get_message()).payload)
+                        if said.instance == settings.client_id and done(said):
+                            return said
+
+        async with streaming(cloud.http, kinds="event,command", site_id="estate-a"):
+            said = await presence(lambda b: b.listeners == 1)
+            assert (said.v, said.sites) == (2, ["estate-a"])
+            async with streaming(cloud.http, kinds="gateway"):  # an estate list: no events
+                said = await presence(lambda b: b.listeners == 2)
+                assert said.sites == ["estate-a"]
+                async with streaming(cloud.http, kinds="event"):  # every estate's
+                    said = await presence(lambda b: b.listeners == 3)
+                    assert said.sites is None
+        said = await presence(lambda b: b.listeners == 0)  # the last one closed: said once more
+        assert said.sites == []
