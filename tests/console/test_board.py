@@ -60,7 +60,10 @@ async def test_open_a_closed_gate_from_the_board(tmp_path: Path) -> None:
         await card.get_by_role("button", name="Open gate").click()
         dialog = page.get_by_role("dialog")
         await expect(dialog).to_contain_text("Open gate: East entrance, inbound (东门入口道闸) (east-gate)")
-        # Whom the gate opens for goes into the command's audit trail.
+        # Whom the gate opens for goes into the command's audit trail, and must be said.
+        await dialog.get_by_role("button", name="Open gate").click()
+        await expect(dialog).to_be_visible()
+        assert stack.sims["east-gate"].state()["state"] == "closed"  # nothing sent
         await dialog.get_by_label("Why").select_option("delivery")
         await dialog.get_by_label("Apartment, plate or note").fill("  SF Express van for 1-1-1202 ")
         await dialog.get_by_role("button", name="Open gate").click()

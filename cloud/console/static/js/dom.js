@@ -57,7 +57,10 @@ export function confirmDialog({ title, message, fields = [], confirmLabel }) {
     const id = `confirm-${f.name}`;
     let input;
     if (f.type === "select") {
-      input = h("select", { id, name: f.name }, f.options.map((o) => h("option", { value: o }, o)));
+      // A placeholder (value "") with `required`: the form will not submit until a real choice is made.
+      const first = f.placeholder ? [h("option", { value: "" }, f.placeholder)] : [];
+      const options = f.options.map((o) => h("option", { value: o }, o));
+      input = h("select", { id, name: f.name, required: f.required ? true : null }, [...first, ...options]);
       if (f.value !== undefined) input.value = f.value;
     } else if (f.type === "textarea") {
       input = h("textarea", { id, name: f.name, rows: 3 });

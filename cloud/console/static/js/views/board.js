@@ -81,7 +81,14 @@ async function act(dev, action) {
     confirmLabel: t(`action.${action}`),
     fields: asks
       ? [
-          { name: "why", type: "select", label: t("command.why"), options: WHY.map((w) => t(`why.${w}`)) },
+          {
+            name: "why",
+            type: "select",
+            label: t("command.why"),
+            options: WHY.map((w) => t(`why.${w}`)),
+            placeholder: t("command.why.choose"),
+            required: true,
+          },
           { name: "note", label: t("command.note") },
         ]
       : [],
