@@ -188,8 +188,10 @@ async def get_readings(
         where.append(Reading.ts_ms < int(to.timestamp() * 1000))
     if point:
         where.append(Reading.point == point)
-    if from_ is not None and to is not None:
-        span: tuple[int | None, int | None] = (int(from_.timestamp() * 1000), int(to.timestamp() * 1000))
+    if from_ is not None:
+        # No `to`: up to now. Reading the newest reading's time would scan the device's rows once more.
+        end = int(to.timestamp() * 1000) if to is not None else int(time.time() * 1000)
+        span: tuple[int | None, int | None] = (int(from_.timestamp() * 1000), end)
     else:
         found = (
             await session.execute(select(func.min(Reading.ts_ms), func.max(Reading.ts_ms)).where(*where))

@@ -111,6 +111,10 @@ async def test_readings_buckets_follow_the_estates_wall_clock(broker_port: int, 
             "UTC",
             [(datetime(2026, 3, d, tzinfo=UTC), n) for d, n in ((7, 2), (8, 1), (9, 2))],
         )
+        assert (await days(tz="UTC", **{"from": "2026-03-08T00:00:00+00:00"}))[1] == [
+            (datetime(2026, 3, 8, tzinfo=UTC), 1),
+            (datetime(2026, 3, 9, tzinfo=UTC), 2),
+        ]
         window = {"from": "2026-03-01T00:00:00+00:00", "to": "2026-04-01T00:00:00+00:00"}
         assert await days(tz="America/New_York", **window) == (
             "America/New_York",
