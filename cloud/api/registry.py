@@ -9,6 +9,7 @@ import re
 import time
 from datetime import datetime
 from typing import Annotated, Any
+from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Query
 from sqlalchemy import BigInteger, case, func, literal, select
@@ -188,34 +189,9 @@ async def get_readings(
         where.append(Reading.ts_ms < int(to.timestamp() * 1000))
     if point:
         where.append(Reading.point == point)
-    if from_ is not None:
-        # No `to`: up to now. Reading the newest reading's time would scan the device's rows once more.
-        end = int(to.timestamp() * 1000) if to is not None else int(time.time() * 1000)
-        span: tuple[int | None, int | None] = (int(from_.timestamp() * 1000), end)
-    else:
-        found = (
-            await session.execute(select(func.min(Reading.ts_ms), func.max(Reading.ts_ms)).where(*where))
-        ).one()
-        span = (found[0], found[1])
-    if span[0] is None or span[1] is None:
+    start = await _bucket_start(session, where, from_=from_, to=to, size_ms=size_ms, zone=zone, bucket=bucket)
+    if start is None:
         return ReadingsOut(device_id=device_id, bucket_s=size_ms // 1000, timezone=zone.key, series=[])
-    # As Prometheus limits a query's points: a year at bucket=1s would be one bucket per reading, an
-    # answer of hundreds of megabytes built on the event loop.
-    width = int(span[1]) - int(span[0]) + (0 if to is not None else 1)  # `to` is exclusive, a reading not
-    buckets = -(-width // size_ms)
-    if buckets > MAX_BUCKETS:
-        raise BadQuery(
-            f"bucket={bucket} over {_days(int(span[1]) - int(span[0]))} would be {buckets:,} buckets"
-            f" per point; at most {MAX_BUCKETS:,}: ask for a larger bucket or a shorter from/to"
-        )
-    # The offsets are looked up a day at a time: a range of centuries (to=9999) would cost the event
-    # loop seconds. Readings are from this decade; before and after the window the first and last
-    # offsets hold.
-    now_ms = int(time.time() * 1000)
-    first = min(max(int(span[0]), now_ms - _OFFSET_WINDOW_MS), now_ms)
-    last = max(min(int(span[1]), now_ms + _OFFSET_WINDOW_MS), first)
-    local = Reading.ts_ms + _offset_sql(local_time.offsets(zone, first, last))
-    start = (local - local % size_ms).label("start")
     query = (
         select(
             Reading.point,
@@ -246,6 +222,48 @@ async def get_readings(
         timezone=zone.key,
         series=[ReadingSeries(point=p, buckets=b) for p, b in series.items()],
     )
+
+
+async def _bucket_start(
+    session: AsyncSession,
+    where: list[Any],
+    *,
+    from_: datetime | None,
+    to: datetime | None,
+    size_ms: int,
+    zone: ZoneInfo,
+    bucket: str,
+) -> Any:
+    """Each reading's bucket as SQL: the start of its ``size_ms`` bucket on ``zone``'s wall clock, in
+    local epoch milliseconds. None when no reading matches ``where``; BadQuery past ``MAX_BUCKETS``."""
+    if from_ is not None:
+        # No `to`: up to now. Reading the newest reading's time would scan the device's rows once more.
+        end = int(to.timestamp() * 1000) if to is not None else int(time.time() * 1000)
+        span: tuple[int | None, int | None] = (int(from_.timestamp() * 1000), end)
+    else:
+        found = (
+            await session.execute(select(func.min(Reading.ts_ms), func.max(Reading.ts_ms)).where(*where))
+        ).one()
+        span = (found[0], found[1])
+    if span[0] is None or span[1] is None:
+        return None
+    lo, hi = int(span[0]), int(span[1])
+    # As Prometheus limits a query's points: a year at bucket=1s would be one bucket per reading, an
+    # answer of hundreds of megabytes built on the event loop.
+    buckets = -(-(hi - lo + (0 if to is not None else 1)) // size_ms)  # `to` is exclusive, a reading not
+    if buckets > MAX_BUCKETS:
+        raise BadQuery(
+            f"bucket={bucket} over {_days(hi - lo)} would be {buckets:,} buckets"
+            f" per point; at most {MAX_BUCKETS:,}: ask for a larger bucket or a shorter from/to"
+        )
+    # The offsets are looked up a day at a time: a range of centuries (to=9999) would cost the event
+    # loop seconds. Readings are from this decade; before and after the window the first and last
+    # offsets hold.
+    now_ms = int(time.time() * 1000)
+    first = min(max(lo, now_ms - _OFFSET_WINDOW_MS), now_ms)
+    last = max(min(hi, now_ms + _OFFSET_WINDOW_MS), first)
+    local = Reading.ts_ms + _offset_sql(local_time.offsets(zone, first, last))
+    return (local - local % size_ms).label("start")
 
 
 _OFFSET_WINDOW_MS = 30 * 366 * 86_400_000
