@@ -17,6 +17,7 @@ import {
   useSite,
 } from "./store.js";
 import { renderBoard } from "./views/board.js";
+import { renderCommands } from "./views/commands.js";
 import { renderEvents } from "./views/events.js";
 import { renderReadings } from "./views/readings.js";
 import { hasWorkOrders, renderWorkOrders } from "./views/workorders.js";
@@ -36,6 +37,7 @@ function renderHeader(siteId, tab, workOrders) {
     ["events", t("nav.events"), `#/site/${siteId}/events`],
     workOrders ? ["work-orders", t("nav.workorders"), `#/site/${siteId}/work-orders`] : null,
     ["readings", t("nav.readings"), `#/site/${siteId}/readings`],
+    ["commands", t("nav.commands"), `#/site/${siteId}/commands`],
   ].filter(Boolean);
   header.append(
     h(
@@ -260,6 +262,7 @@ async function route() {
       if (workOrders) cleanup = renderWorkOrders(view, siteId);
       else view.append(h("p", { class: "empty", id: "wo-unavailable" }, t("wo.unavailable")));
     } else if (tab === "readings") cleanup = renderReadings(view, siteId);
+    else if (tab === "commands") cleanup = renderCommands(view, siteId);
     else cleanup = renderBoard(view, siteId);
     document.title = `${siteById(siteId).name || siteId} — ${t("app.title")}`;
     return;
