@@ -34,6 +34,20 @@ function append(el, children) {
   }
 }
 
+// A labelled filter above a list: `options` as [value, text] pairs, `onchange` given the chosen value.
+export function filterSelect(id, label, options, current, onchange) {
+  return h(
+    "p",
+    { class: "field inline" },
+    h("label", { for: id }, label),
+    h(
+      "select",
+      { id, onchange: (e) => onchange(e.target.value) },
+      options.map(([v, text]) => h("option", { value: v, selected: v === current ? true : null }, text)),
+    ),
+  );
+}
+
 export function clear(el) {
   while (el.firstChild) el.firstChild.remove();
   return el;

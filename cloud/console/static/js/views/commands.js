@@ -4,7 +4,7 @@
 // the page is open join at the top as the stream brings them.
 
 import { get } from "../api.js";
-import { clear, h, notify } from "../dom.js";
+import { clear, filterSelect, h, notify } from "../dom.js";
 import { deviceLabel, formatTime, t, word } from "../i18n.js";
 import { siteTz, store, subscribe } from "../store.js";
 
@@ -13,7 +13,7 @@ const STATUSES = ["succeeded", "failed", "rejected", "expired", "accepted", "sen
 
 // The UTC instant of midnight starting `day` (YYYY-MM-DD) on `tz`'s wall clock: the zone's offset at a
 // first guess, corrected once (right unless midnight itself is skipped by a clock change).
-export function localMidnight(day, tz) {
+function localMidnight(day, tz) {
   const [y, m, d] = day.split("-").map(Number);
   const wall = Date.UTC(y, m - 1, d);
   const offset = (ms) => {
@@ -46,8 +46,8 @@ export function renderCommands(root, siteId) {
     .filter((d) => d.site_id === siteId)
     .sort((a, b) => deviceLabel(a).localeCompare(deviceLabel(b)));
   const field = (id, label, input) => h("p", { class: "field inline" }, h("label", { for: id }, label), input);
-  const change = (name) => (e) => {
-    filters[name] = e.target.value.trim();
+  const change = (name, value) => {
+    filters[name] = value.trim();
     load(false);
   };
   root.append(
@@ -58,26 +58,14 @@ export function renderCommands(root, siteId) {
       h(
         "form",
         { class: "filters", onsubmit: (e) => e.preventDefault() },
-        field(
-          "log-device",
-          t("log.device"),
-          h(
-            "select",
-            { id: "log-device", onchange: change("device_id") },
-            [["", t("events.all")], ...devices.map((d) => [d.id, deviceLabel(d)])].map(([v, text]) => h("option", { value: v }, text)),
-          ),
+        filterSelect("log-device", t("log.device"), [["", t("events.all")], ...devices.map((d) => [d.id, deviceLabel(d)])], "", (v) =>
+          change("device_id", v),
         ),
-        field(
-          "log-status",
-          t("log.status"),
-          h(
-            "select",
-            { id: "log-status", onchange: change("status") },
-            [["", t("events.all")], ...STATUSES.map((s) => [s, word("status", s)])].map(([v, text]) => h("option", { value: v }, text)),
-          ),
+        filterSelect("log-status", t("log.status"), [["", t("events.all")], ...STATUSES.map((s) => [s, word("status", s)])], "", (v) =>
+          change("status", v),
         ),
-        field("log-by", t("log.by"), h("input", { id: "log-by", type: "text", autocomplete: "off", onchange: change("issued_by") })),
-        field("log-day", t("log.day"), h("input", { id: "log-day", type: "date", onchange: change("day") })),
+        field("log-by", t("log.by"), h("input", { id: "log-by", type: "text", autocomplete: "off", onchange: (e) => change("issued_by", e.target.value) })),
+        field("log-day", t("log.day"), h("input", { id: "log-day", type: "date", onchange: (e) => change("day", e.target.value) })),
       ),
       h(
         "table",

@@ -3,7 +3,7 @@
 // sent, with the reason): what a gateway on the wrong software version or a damaged buffer looks like.
 
 import { get } from "../api.js";
-import { clear, h, notify } from "../dom.js";
+import { clear, filterSelect, h, notify } from "../dom.js";
 import { deviceLabel, eventWords, formatTime, locationText, t, word } from "../i18n.js";
 import { siteTz, store, subscribe } from "../store.js";
 
@@ -25,17 +25,6 @@ function detail(ev) {
 export function renderEvents(root, siteId) {
   const filters = { site: siteId || "", kind: "", severity: "" };
   let items = [];
-  const select = (id, label, options, current, onchange) =>
-    h(
-      "p",
-      { class: "field inline" },
-      h("label", { for: id }, label),
-      h(
-        "select",
-        { id, onchange: (e) => onchange(e.target.value) },
-        options.map(([v, text]) => h("option", { value: v, selected: v === current ? true : null }, text)),
-      ),
-    );
   const body = h("tbody", {});
   const empty = h("p", { class: "empty", hidden: true }, t("events.none"));
   const refused = refusedPanel();
@@ -47,7 +36,7 @@ export function renderEvents(root, siteId) {
       h(
         "form",
         { class: "filters", onsubmit: (e) => e.preventDefault() },
-        select(
+        filterSelect(
           "filter-site",
           t("events.site"),
           [["", t("events.all")], ...store.sites.map((s) => [s.id, s.name || s.id])],
@@ -58,11 +47,11 @@ export function renderEvents(root, siteId) {
             refused.load(v);
           },
         ),
-        select("filter-kind", t("events.kind"), [["", t("kind.all")], ...KINDS.map((k) => [k, t(`kind.${k}`)])], "", (v) => {
+        filterSelect("filter-kind", t("events.kind"), [["", t("kind.all")], ...KINDS.map((k) => [k, t(`kind.${k}`)])], "", (v) => {
           filters.kind = v;
           draw();
         }),
-        select("filter-severity", t("events.severity"), [["", t("events.all")], ...SEVERITIES.map((v) => [v, t(`sev.${v}`)])], "", (v) => {
+        filterSelect("filter-severity", t("events.severity"), [["", t("events.all")], ...SEVERITIES.map((v) => [v, t(`sev.${v}`)])], "", (v) => {
           filters.severity = v;
           draw();
         }),
